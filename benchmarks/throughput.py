@@ -1,0 +1,260 @@
+"""Decode throughput: clips/s and CPU-seconds per clip for four loaders, one after another.
+
+Corpus: 640x360 H.264, 10 s at 30 fps, GOP 250 (benchmarks/corpus.py, cached). Batches:
+8 clips x 16 frames x 112x112 RGB uint8. Loaders:
+  naive-opencv    NaiveOpenCVSequence iterated in this process
+  keras-mp        the same PyDataset through Keras's enqueuer, multiprocessing, N workers
+  pyav-straight   a straightforward single-process PyAV reader
+  vidring         the vidring daemon with N decoder workers, read through ClipDataset
+The first three decode one fixed list of random clips; vidring draws its own random starts
+from its seed (one clip per manifest row), so it gets the same corpus and clip shape only.
+CPU counts this process and all its descendants (Keras pool workers, the daemon and its
+workers); a process that exits inside a timed window loses its share.
+
+    python benchmarks/throughput.py [--videos 12] [--clips 128] [--workers N]
+                                    [--corpus-dir D] [--loaders a,b] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import psutil
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+from corpus import DEFAULT_CORPUS_DIR, label_of, make_corpus, write_manifest
+from naive import ClipRef, NaiveOpenCVSequence, PyAVStraightforwardReader
+from vidring_daemon import indices_across_epochs, serving
+
+BATCH_SIZE = 8
+CLIP_LENGTH = 16
+WIDTH = HEIGHT = 112
+LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring")
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    loader: str
+    clips: int
+    """Clips delivered in the timed window (the naive loader may drop some)."""
+    wall_s: float
+    cpu_s: float
+    """User + system CPU of this process and its descendants over the timed window."""
+    note: str = ""
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.wall_s
+
+    @property
+    def cpu_s_per_clip(self) -> float:
+        return self.cpu_s / self.clips
+
+
+class Stopwatch:
+    """Wall time and process-tree CPU time between start() and stop()."""
+
+    def start(self) -> None:
+        self._cpu_before = _tree_cpu_s()
+        self._wall_start = time.perf_counter()
+
+    def stop(self) -> tuple[float, float]:
+        wall_s = time.perf_counter() - self._wall_start
+        cpu_after = _tree_cpu_s()
+        # Keyed by (pid, create time): a process gone by stop() is ignored, a new one counts whole.
+        cpu_s = sum(max(0.0, cpu - self._cpu_before.get(key, 0.0))
+                    for key, cpu in cpu_after.items())
+        return wall_s, cpu_s
+
+
+def _tree_cpu_s() -> dict[tuple[int, float], float]:
+    root = psutil.Process()
+    cpu_by_process = {}
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            with process.oneshot():
+                times = process.cpu_times()
+                cpu_by_process[(process.pid, process.create_time())] = times.user + times.system
+        except psutil.Error:
+            pass
+    return cpu_by_process
+
+
+def draw_clip_batches(videos: list[str], n_batches: int, seed: int) -> list[list[ClipRef]]:
+    """Uniformly random video, uniformly random start among those that fit a whole clip."""
+    rng = np.random.default_rng(seed)
+    frame_counts = [_frame_count(path) for path in videos]
+    batches = []
+    for _ in range(n_batches):
+        batch = []
+        for _ in range(BATCH_SIZE):
+            video_index = int(rng.integers(len(videos)))
+            start_frame = int(rng.integers(frame_counts[video_index] - CLIP_LENGTH + 1))
+            batch.append((videos[video_index], start_frame))
+        batches.append(batch)
+    return batches
+
+
+def _frame_count(path: str) -> int:
+    with av.open(path) as container:
+        return container.streams.video[0].frames
+
+
+def run_naive(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
+              labels: dict[str, int]) -> Result:
+    NaiveOpenCVSequence(warmup, labels, CLIP_LENGTH, WIDTH, HEIGHT)[0]
+    dataset = NaiveOpenCVSequence(batches, labels, CLIP_LENGTH, WIDTH, HEIGHT)
+    watch = Stopwatch()
+    watch.start()
+    clips = sum(len(dataset[i][0]) for i in range(len(dataset)))
+    wall_s, cpu_s = watch.stop()
+    return Result("naive-opencv", clips, wall_s, cpu_s,
+                  _dropped_note(clips, len(batches) * BATCH_SIZE))
+
+
+def run_keras_mp(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
+                 labels: dict[str, int], workers: int) -> Result:
+    _keras_epoch(warmup * workers, labels, workers)
+    # Keras forks a fresh pool every epoch, so the timed epoch includes starting it.
+    clips, wall_s, cpu_s = _keras_epoch(batches, labels, workers)
+    note = "; ".join(filter(None, [f"{workers} processes",
+                                   _dropped_note(clips, len(batches) * BATCH_SIZE)]))
+    return Result("keras-mp", clips, wall_s, cpu_s, note)
+
+
+def _keras_epoch(clip_batches: list[list[ClipRef]], labels: dict[str, int],
+                 workers: int) -> tuple[int, float, float]:
+    """One epoch through Keras's own enqueuer: (clips, wall_s, cpu_s)."""
+    dataset = NaiveOpenCVSequence(clip_batches, labels, CLIP_LENGTH, WIDTH, HEIGHT,
+                                  workers=workers, use_multiprocessing=True)
+    adapter = PyDatasetAdapter(dataset, shuffle=False)
+    watch = Stopwatch()
+    watch.start()
+    try:
+        # islice stops after the last batch without asking for one more, so the watch
+        # stops while the pool workers are still alive and counted.
+        batches = itertools.islice(adapter.get_numpy_iterator(), len(dataset))
+        clips = sum(len(x) for x, _ in batches)
+        return clips, *watch.stop()
+    finally:
+        adapter.on_epoch_end()
+
+
+def run_pyav(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
+             labels: dict[str, int]) -> Result:
+    reader = PyAVStraightforwardReader(CLIP_LENGTH, WIDTH, HEIGHT)
+    reader.read_batch(warmup[0], labels)
+    watch = Stopwatch()
+    watch.start()
+    clips = sum(len(reader.read_batch(batch, labels)[0]) for batch in batches)
+    wall_s, cpu_s = watch.stop()
+    return Result("pyav-straight", clips, wall_s, cpu_s)
+
+
+def run_vidring(videos: list[str], n_batches: int, workers: int, seed: int) -> Result:
+    slots = 8
+    # Draining more batches than the ring holds leaves it empty, so the timed window sees
+    # only batches decoded inside it, not ones prefetched while we connected.
+    warmup_batches = slots + 1
+    with tempfile.TemporaryDirectory(prefix="vidring-bench-") as scratch:
+        # One clip per manifest row per epoch: repeat the videos so one epoch covers the run.
+        manifest_path = write_manifest([Path(v) for v in videos], Path(scratch) / "manifest.csv",
+                                       n_rows=BATCH_SIZE * (warmup_batches + n_batches + 1))
+        with serving(manifest_path, f"bench-throughput-{os.getpid()}", batch_size=BATCH_SIZE,
+                     clip_length=CLIP_LENGTH, width=WIDTH, height=HEIGHT, workers=workers,
+                     slots=slots, seed=seed, log_path=Path(scratch) / "daemon.log") as dataset:
+            indices = indices_across_epochs(dataset)
+            for _ in range(warmup_batches):
+                x, y = dataset[next(indices)]
+                del x, y
+            watch = Stopwatch()
+            watch.start()
+            clips = 0
+            for _ in range(n_batches):
+                x, y = dataset[next(indices)]
+                clips += len(x)
+                del x, y
+            wall_s, cpu_s = watch.stop()
+    return Result("vidring", clips, wall_s, cpu_s,
+                  f"{workers} workers; its own random starts (seed {seed}), not the fixed list")
+
+
+def _dropped_note(clips: int, clips_asked: int) -> str:
+    return f"dropped {clips_asked - clips} clips" if clips < clips_asked else ""
+
+
+def print_table(results: list[Result]) -> None:
+    by_name = {r.loader: r for r in results}
+    naive, pyav = by_name.get("naive-opencv"), by_name.get("pyav-straight")
+    header = (f"{'loader':<14} {'clips':>6} {'seconds':>8} {'clips/s':>8} {'CPU s/clip':>10} "
+              f"{'x naive clips/s':>15} {'x PyAV CPU/clip':>15}  note")
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        vs_naive = f"{r.clips_per_s / naive.clips_per_s:.2f}" if naive else "-"
+        vs_pyav = f"{r.cpu_s_per_clip / pyav.cpu_s_per_clip:.2f}" if pyav else "-"
+        print(f"{r.loader:<14} {r.clips:>6} {r.wall_s:>8.2f} {r.clips_per_s:>8.1f} "
+              f"{r.cpu_s_per_clip:>10.3f} {vs_naive:>15} {vs_pyav:>15}  {r.note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=12)
+    parser.add_argument("--clips", type=int, default=128,
+                        help="clips per loader, rounded up to whole batches of 8")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(),
+                        help="Keras pool processes and vidring decoder workers")
+    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    parser.add_argument("--seconds", type=float, default=10, help="length of each video")
+    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    loaders = args.loaders.split(",")
+    if unknown := set(loaders) - set(LOADERS):
+        parser.error(f"unknown loaders {sorted(unknown)}; known: {','.join(LOADERS)}")
+
+    cores_affine = len(os.sched_getaffinity(0))
+    print(f"machine: {os.cpu_count()} cores ({cores_affine} usable by this process); "
+          f"workers: {args.workers}")
+    videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, seconds=args.seconds)]
+    labels = label_of(videos)
+    n_batches = -(-args.clips // BATCH_SIZE)
+    warmup, *batches = draw_clip_batches(videos, 1 + n_batches, args.seed)
+    print(f"corpus: {len(videos)} videos 640x360, {args.seconds:g} s at 30 fps, GOP 250; "
+          f"{n_batches} batches of {BATCH_SIZE}x{CLIP_LENGTH}x{HEIGHT}x{WIDTH}x3 uint8 per loader")
+
+    runners: dict[str, Callable[[], Result]] = {
+        "naive-opencv": lambda: run_naive([warmup], batches, labels),
+        "keras-mp": lambda: run_keras_mp([warmup], batches, labels, args.workers),
+        "pyav-straight": lambda: run_pyav([warmup], batches, labels),
+        "vidring": lambda: run_vidring(videos, n_batches, args.workers, args.seed),
+    }
+    results = []
+    for name in loaders:
+        print(f"running {name} ...", flush=True)
+        results.append(runners[name]())
+    print()
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cores": os.cpu_count(), "workers": args.workers, "videos": len(videos),
+            "video_seconds": args.seconds, "batches": n_batches, "batch_size": BATCH_SIZE,
+            "clip_length": CLIP_LENGTH, "size": [HEIGHT, WIDTH],
+            "results": [asdict(r) | {"clips_per_s": r.clips_per_s,
+                                     "cpu_s_per_clip": r.cpu_s_per_clip} for r in results],
+        }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""vidring.daemon: the process that fills the ring."""

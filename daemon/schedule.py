@@ -1,0 +1,184 @@
+"""Slots, leases and what to fill next: the daemon's bookkeeping, without I/O.
+
+A batch is named by its key (epoch, plan batch).  The first request for index
+i of an epoch is assigned the next plan batch of that epoch; a repeat gets
+the same one (DESIGN.md, "Batches, epochs and what Keras really does").
+
+Slot states (ring.SlotState), each transition made in one place here:
+    FREE -> FILLING   start_fill(): its B clips go to the workers
+    FILLING -> READY  clip_done() for the last clip
+    READY -> LEASED   lease(); a LEASED slot may carry several leases
+    LEASED -> FREE    release() of its last lease; the content stays valid, so
+                      a repeated request finds it until the slot is refilled
+
+What to fill: the keys the trainer waits on, then the next plan batches in
+order (crossing into the next epoch), as many as there are slots that are
+not leased.  A slot is only ever refilled if its content is not among those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from vidring.loader.ring import SlotState
+
+Key = tuple[int, int]  # (epoch, plan batch)
+
+
+@dataclass(slots=True)
+class SlotRecord:
+    state: SlotState = SlotState.FREE
+    key: Key | None = None
+    valid: bool = False  # content of `key` is complete
+    fill_seq: int = 0
+    leases: set[int] = field(default_factory=set)
+    remaining: set[int] = field(default_factory=set)  # positions still decoding
+
+
+class Scheduler:
+    def __init__(self, slot_count: int, batches_per_epoch: int, batch_size: int,
+                 on_change: Callable[[int, SlotRecord], None] = lambda slot, rec: None) -> None:
+        if batches_per_epoch < 1:
+            raise ValueError("an epoch needs at least one batch")
+        self.slots = [SlotRecord() for _ in range(slot_count)]
+        self.batches_per_epoch = batches_per_epoch
+        self.batch_size = batch_size
+        self.consumer_epoch = 0
+        self._on_change = on_change
+        self._content: dict[Key, int] = {}  # key -> slot filling or holding it
+        self._index_maps: dict[int, dict[int, int]] = {}
+        self._leases: dict[int, int] = {}  # lease id -> slot
+        self._next_lease = 1
+
+    # -- requests ------------------------------------------------------------
+
+    def assign(self, epoch: int, index: int) -> Key:
+        """The plan batch that serves request (epoch, index); stable within the epoch."""
+        if not 0 <= index < self.batches_per_epoch:
+            raise IndexError(f"batch index {index} out of range 0..{self.batches_per_epoch - 1}")
+        mapping = self._index_maps.setdefault(epoch, {})
+        if index not in mapping:
+            mapping[index] = len(mapping)
+        if epoch > self.consumer_epoch:
+            self.consumer_epoch = epoch
+            for old in [e for e in self._index_maps if e < epoch - 1]:
+                del self._index_maps[old]
+        return (epoch, mapping[index])
+
+    def available(self, key: Key) -> int | None:
+        """The slot holding key's complete content, if any."""
+        slot = self._content.get(key)
+        if slot is not None and self.slots[slot].valid:
+            return slot
+        return None
+
+    def all_leased(self) -> bool:
+        return all(rec.state == SlotState.LEASED for rec in self.slots)
+
+    def lease(self, slot: int) -> int:
+        rec = self.slots[slot]
+        assert rec.valid, "lease of a slot without complete content"
+        lease_id = self._next_lease
+        self._next_lease += 1
+        rec.leases.add(lease_id)
+        self._leases[lease_id] = slot
+        if rec.state != SlotState.LEASED:
+            rec.state = SlotState.LEASED  # READY/FREE(valid) -> LEASED
+            self._on_change(slot, rec)
+        return lease_id
+
+    def release(self, lease_id: int) -> bool:
+        slot = self._leases.pop(lease_id, None)
+        if slot is None:
+            return False
+        rec = self.slots[slot]
+        rec.leases.discard(lease_id)
+        if not rec.leases:
+            rec.state = SlotState.FREE  # LEASED -> FREE, content kept for repeats
+            self._on_change(slot, rec)
+        return True
+
+    # -- filling -------------------------------------------------------------
+
+    def wanted(self, waiting: list[Key]) -> list[Key]:
+        """Keys that should be in the ring, most urgent first."""
+        capacity = sum(rec.state != SlotState.LEASED for rec in self.slots)
+        keys: list[Key] = []
+        for key in waiting:
+            if key not in keys:
+                keys.append(key)
+        epoch = self.consumer_epoch
+        batch = len(self._index_maps.get(epoch, {}))
+        while len(keys) < capacity:
+            if batch >= self.batches_per_epoch:
+                epoch, batch = epoch + 1, len(self._index_maps.get(epoch + 1, {}))
+                continue
+            if (epoch, batch) not in keys:
+                keys.append((epoch, batch))
+            batch += 1
+        return keys[:max(capacity, len(waiting))]
+
+    def next_fills(self, waiting: list[Key]) -> list[tuple[int, Key]]:
+        """Start filling slots for wanted keys not yet in the ring; returns (slot, key)."""
+        wanted = self.wanted(waiting)
+        wanted_set = set(wanted)
+        started: list[tuple[int, Key]] = []
+        for key in wanted:
+            if key in self._content:
+                continue
+            slot = self._victim(wanted_set)
+            if slot is None:
+                break
+            self._start_fill(slot, key)
+            started.append((slot, key))
+        return started
+
+    def _victim(self, wanted: set[Key]) -> int | None:
+        best: tuple[int, int] | None = None
+        for slot, rec in enumerate(self.slots):
+            if rec.state == SlotState.FREE and rec.key is None:
+                rank = 0
+            elif rec.state in (SlotState.FREE, SlotState.READY) and rec.key not in wanted:
+                rank = 1 if rec.state == SlotState.FREE else 2
+            else:
+                continue
+            if best is None or rank < best[0]:
+                best = (rank, slot)
+        return None if best is None else best[1]
+
+    def _start_fill(self, slot: int, key: Key) -> None:
+        rec = self.slots[slot]
+        if rec.key is not None:
+            self._content.pop(rec.key, None)
+        rec.state = SlotState.FILLING  # FREE/READY (unwanted) -> FILLING
+        rec.key = key
+        rec.valid = False
+        rec.fill_seq += 1
+        rec.remaining = set(range(self.batch_size))
+        self._content[key] = slot
+        self._on_change(slot, rec)
+
+    def clip_done(self, slot: int, position: int) -> bool:
+        """Record one finished clip; True when it completed the batch."""
+        rec = self.slots[slot]
+        rec.remaining.discard(position)
+        if rec.state == SlotState.FILLING and not rec.remaining:
+            rec.state = SlotState.READY  # FILLING -> READY
+            rec.valid = True
+            self._on_change(slot, rec)
+            return True
+        return False
+
+    # -- clients -------------------------------------------------------------
+
+    def lease_slot(self, lease_id: int) -> int | None:
+        return self._leases.get(lease_id)
+
+    def counts(self) -> dict[str, int]:
+        names = {SlotState.FREE: "free", SlotState.FILLING: "filling",
+                 SlotState.READY: "ready", SlotState.LEASED: "leased"}
+        out = {"total": len(self.slots), "free": 0, "filling": 0, "ready": 0, "leased": 0}
+        for rec in self.slots:
+            out[names[rec.state]] += 1
+        return out

@@ -1,0 +1,589 @@
+"""The daemon: owns the ring, the worker pool, scheduling, stats and scaling.
+
+One thread, one loop: poll the control socket (trainers, CLI) and the work
+socket (decoder workers) with a short timeout, handle what arrived, then
+tick: reap and reconcile workers, kill stalled decodes, drop dead clients'
+leases, start filling slots, hand out tasks, answer waiting requests.
+
+NOTE [ shutdown ]
+A stop comes as a `stop` request, SIGTERM or SIGINT (all set one flag).  Then:
+ 1. stop accepting: requests get an E_STOPPING error, waiting ones too;
+ 2. stop workers: idle ones get `worker_stop`, busy ones SIGTERM (a clip in
+    flight is simply abandoned: nobody will read that slot again);
+ 3. join them with a deadline (STOP_GRACE_S), then SIGKILL and reap;
+ 4. close sockets, unlink the ring segment, remove the runtime folder and
+    release the lock.
+Trainers that still map the segment keep their pages until they unmap them
+(POSIX unlink semantics); they see DaemonUnavailable on their next request.
+Workers exit by themselves if the daemon dies without this (they watch
+getppid() and ask for SIGKILL on parent death); a segment left by a kill -9
+is removed by the next start of the same name.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from vidring.daemon import sampler
+from vidring.daemon.config import ServeConfig
+from vidring.daemon.manifest import Manifest, load_manifest
+from vidring.daemon.pool import STOP_GRACE_S, Worker, WorkerPool, WorkerState
+from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
+from vidring.daemon.schedule import Key, Scheduler, SlotRecord
+from vidring.loader import paths, protocol
+from vidring.loader.client import pid_alive
+from vidring.loader.ring import Ring, RingLayout, segment_name
+
+log = logging.getLogger("vidring.daemon")
+
+STATUS_VERSION = 1
+_TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
+_CLIENT_CHECK_S = 1.0
+_RATE_WINDOW_S = 5.0
+_MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
+
+
+class StartupError(Exception):
+    """The pipeline cannot start; the message says what to fix."""
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: int
+    slot: int
+    position: int
+    key: Key
+    choice: sampler.ClipChoice
+
+
+@dataclass(slots=True)
+class ClientRecord:
+    pid: int | None = None
+    last_seen: float = 0.0
+    leases: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class Waiting:
+    identity: bytes
+    req_id: int
+    key: Key
+
+
+class Daemon:
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self._stopping = False
+        self._lock_file: Any = None
+        self.ring: Ring | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        self.pool: WorkerPool | None = None
+        self.started_at = time.time()
+        self._mono_start = time.monotonic()
+        self._next_task = 1
+        self._tasks: collections.deque[Task] = collections.deque()
+        self._idle: collections.deque[Worker] = collections.deque()
+        self._waiting: list[Waiting] = []
+        self._clients: dict[bytes, ClientRecord] = {}
+        self._lease_owner: dict[int, bytes] = {}
+        self._done_times: collections.deque[float] = collections.deque()
+        self.clips_total = 0
+        self.replaced_total = 0
+        self.errors: list[dict[str, Any]] = []
+        self.quarantine: dict[int, str] = {}
+        self._last_client_check = 0.0
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg = self.config
+        self._take_lock()
+        try:
+            self.manifest: Manifest = load_manifest(cfg.manifest)
+            self._probe_all()
+            good = len(self.manifest) - len(self.quarantine)
+            if good == 0:
+                raise StartupError(f"no readable video in {cfg.manifest}: "
+                                   f"{self.errors[-1]['reason'] if self.errors else ''}")
+            self.batches_per_epoch = sampler.batches_per_epoch(len(self.manifest), cfg.batch_size)
+            if self.batches_per_epoch < 1:
+                raise StartupError(f"batch size {cfg.batch_size} is larger than the "
+                                   f"{len(self.manifest)} videos of {cfg.manifest}")
+            self.labels = np.array([row.label for row in self.manifest.rows], dtype=np.int32)
+            layout = RingLayout(cfg.slots, cfg.batch_size, cfg.clip_length, cfg.height,
+                                cfg.width, cfg.dtype)
+            self.ring = Ring.create(segment_name(self.name), layout)
+            self.sched = Scheduler(cfg.slots, self.batches_per_epoch, cfg.batch_size,
+                                   on_change=self._publish_slot)
+            self._ctx = zmq.Context()
+            self._control = self._bind(paths.control_endpoint(self.name))
+            self._work = self._bind(paths.work_endpoint(self.name))
+            self._poller = zmq.Poller()
+            self._poller.register(self._control, zmq.POLLIN)
+            self._poller.register(self._work, zmq.POLLIN)
+            self.pool = WorkerPool(paths.work_endpoint(self.name), self.ring.name, cfg.workers)
+        except BaseException:
+            self._teardown()
+            raise
+        if self.manifest.classes:
+            log.info("classes: %s", ", ".join(f"{k}={v}" for k, v in self.manifest.classes.items()))
+        log.info("serving %r: %d videos, %d batches/epoch of %s %s, %d slots (%.1f MiB), "
+                 "%d workers", self.name, len(self.manifest), self.batches_per_epoch,
+                 "x".join(map(str, layout.x_shape)), cfg.dtype, cfg.slots,
+                 layout.total_bytes / 2**20, cfg.workers)
+
+    def _take_lock(self) -> None:
+        root = paths.runtime_root()
+        root.mkdir(mode=0o700, exist_ok=True)
+        st = root.stat()
+        if st.st_uid != os.getuid():
+            raise StartupError(f"runtime folder {root} belongs to another user")
+        if st.st_mode & 0o077:
+            os.chmod(root, 0o700)
+        folder = paths.runtime_dir(self.name)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        self._lock_file = open(folder / "lock", "a+")  # noqa: SIM115 - held for the daemon's life
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.seek(0)
+            holder = self._lock_file.read().strip() or "?"
+            self._lock_file.close()
+            self._lock_file = None
+            raise StartupError(f"pipeline {self.name!r} is already served (pid {holder}); "
+                               f"stop it with `vidring stop {self.name}`") from None
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"{os.getpid()}\n")
+        self._lock_file.flush()
+        for stale in ("control.sock", "work.sock"):
+            (folder / stale).unlink(missing_ok=True)
+
+    def _probe_all(self) -> None:
+        cache = ProbeCache(self.config.probe_cache or default_cache_dir())
+        self.infos: list[VideoInfo | None] = []
+        for index, row in enumerate(self.manifest.rows):
+            try:
+                self.infos.append(cache.get(row.path))
+            except ProbeError as exc:
+                self.infos.append(None)
+                self._record_error(index, f"probe: {exc}")
+        self.frame_counts = np.array([i.frames if i else 1 for i in self.infos], dtype=np.int64)
+
+    def _bind(self, endpoint: str) -> zmq.Socket[Any]:
+        assert self._ctx is not None
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted worker reuses its identity
+        old_umask = os.umask(0o077)  # the ipc socket file: owner only
+        try:
+            sock.bind(endpoint)
+        finally:
+            os.umask(old_umask)
+        return sock
+
+    # -- loop -------------------------------------------------------------------
+
+    def request_stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        try:
+            while not self._stopping:
+                events = dict(self._poller.poll(int(_TICK_S * 1000)))
+                if self._control in events:
+                    self._drain(self._control, self._on_control)
+                if self._work in events:
+                    self._drain(self._work, self._on_worker)
+                self._tick()
+        finally:
+            self.shutdown()
+
+    def _drain(self, sock: zmq.Socket[Any], handler: Any) -> None:
+        for _ in range(1000):  # bounded, so one flood cannot starve the other socket
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue  # not from a DEALER: nothing to answer
+            handler(frames[0], frames[1])
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        assert self.pool is not None
+        for worker in self.pool.reconcile(self._send_stop):
+            self._worker_gone(worker)
+        for worker in list(self.pool.workers.values()):
+            if (worker.state == WorkerState.BUSY and worker.task is not None
+                    and now - worker.task_started > self.config.task_timeout_s):
+                task = worker.task
+                worker.task = None
+                self.pool.kill(worker)
+                self._task_failed(task, f"decode stalled for over "
+                                        f"{self.config.task_timeout_s:g} s; worker killed")
+        if now - self._last_client_check > _CLIENT_CHECK_S:
+            self._last_client_check = now
+            self._expire_clients(now)
+        self._fill()
+        self._dispatch()
+        self._answer_waiting()
+
+    # -- control ------------------------------------------------------------------
+
+    def _on_control(self, identity: bytes, data: bytes) -> None:
+        try:
+            msg = protocol.decode(data, allowed=protocol.REQUEST_TYPES)
+        except protocol.ProtocolError as exc:
+            self._control.send_multipart([identity, protocol.error(0, protocol.E_BAD_MESSAGE, str(exc))])
+            return
+        client = self._clients.setdefault(identity, ClientRecord())
+        client.last_seen = time.monotonic()
+        if self._stopping and msg.type in protocol.ANSWERED_TYPES:
+            self._reply_error(identity, msg.id, protocol.E_STOPPING, "daemon is stopping")
+            return
+        handler = getattr(self, f"_cmd_{msg.type}")
+        try:
+            result = handler(identity, client, msg)
+        except Exception as exc:  # noqa: BLE001 - a bad request must not stop the daemon
+            log.exception("handling %s", msg.type)
+            self._reply_error(identity, msg.id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}")
+            return
+        if result is not None and msg.type in protocol.ANSWERED_TYPES:
+            self._control.send_multipart([identity, protocol.reply(msg.id, **result)])
+
+    def _reply_error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
+        self._control.send_multipart([identity, protocol.error(req_id, code, message)])
+
+    def _cmd_hello(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+        client.pid = msg["client_pid"]
+        assert self.ring is not None
+        return {"pid": os.getpid(), "name": self.name, "segment": self.ring.name,
+                "ring_id": self.ring.ring_id, "batches_per_epoch": self.batches_per_epoch,
+                "batch_shape": list(self.ring.layout.x_shape), "dtype": self.config.dtype,
+                "epoch": self.sched.consumer_epoch, "classes": self.manifest.classes}
+
+    def _cmd_get_batch(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any] | None:
+        try:
+            key = self.sched.assign(msg["epoch"], msg["index"])
+        except IndexError as exc:
+            self._reply_error(identity, msg.id, protocol.E_BAD_REQUEST, str(exc))
+            return None
+        slot = self.sched.available(key)
+        if slot is not None:
+            return self._lease(identity, client, slot)
+        if self.sched.all_leased():
+            self._reply_error(identity, msg.id, protocol.E_RING_EXHAUSTED, self._exhausted_text())
+            return None
+        self._waiting.append(Waiting(identity, msg.id, key))
+        return None
+
+    def _exhausted_text(self) -> str:
+        n = len(self.sched.slots)
+        return (f"the trainer holds all {n} slots of the ring, so no batch can be produced: "
+                "drop references to old batches (or call ds.release) or serve with more --slots")
+
+    def _lease(self, identity: bytes, client: ClientRecord, slot: int) -> dict[str, Any]:
+        lease_id = self.sched.lease(slot)
+        client.leases.add(lease_id)
+        self._lease_owner[lease_id] = identity
+        rec = self.sched.slots[slot]
+        assert rec.key is not None
+        return {"slot": slot, "lease_id": lease_id, "epoch": rec.key[0],
+                "plan_batch": rec.key[1], "fill_seq": rec.fill_seq}
+
+    def _cmd_release(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+        for lease_id in msg["lease_ids"]:
+            if self._lease_owner.get(lease_id) == identity:
+                self._drop_lease(lease_id)
+
+    def _drop_lease(self, lease_id: int) -> None:
+        identity = self._lease_owner.pop(lease_id, None)
+        if identity is not None and identity in self._clients:
+            self._clients[identity].leases.discard(lease_id)
+        self.sched.release(lease_id)
+
+    def _cmd_heartbeat(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+        return None
+
+    def _cmd_ping(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+        return {}
+
+    def _cmd_bye(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+        self._forget_client(identity)
+
+    def _cmd_status(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+        return self.status()
+
+    def _cmd_scale(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+        assert self.pool is not None
+        before = self.pool.target
+        self.pool.target = msg["workers"]
+        log.info("scale: %d -> %d workers", before, self.pool.target)
+        return {"workers": {"target": self.pool.target, "previous": before}}
+
+    def _cmd_stop(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+        log.info("stop requested")
+        self._stopping = True
+        return {"stopping": True}
+
+    def _forget_client(self, identity: bytes) -> None:
+        client = self._clients.pop(identity, None)
+        if client is not None:
+            for lease_id in list(client.leases):
+                self._drop_lease(lease_id)
+        self._waiting = [w for w in self._waiting if w.identity != identity]
+
+    def _expire_clients(self, now: float) -> None:
+        for identity, client in list(self._clients.items()):
+            silent_s = now - client.last_seen
+            gone = client.pid is not None and not pid_alive(client.pid)
+            if gone or silent_s > self.config.lease_timeout_s:
+                if client.leases:
+                    log.info("client pid %s %s: releasing %d leases", client.pid,
+                             "exited" if gone else f"silent for {silent_s:.0f} s", len(client.leases))
+                self._forget_client(identity)
+
+    # -- filling ----------------------------------------------------------------
+
+    def _fill(self) -> None:
+        for slot, key in self.sched.next_fills([w.key for w in self._waiting]):
+            clips = sampler.plan_batch(
+                self.frame_counts, seed=self.config.seed, epoch=key[0], batch=key[1],
+                batch_size=self.config.batch_size, clip_length=self.config.clip_length,
+                stride=self.config.stride)
+            for position, choice in enumerate(clips):
+                self._queue(Task(self._next_task, slot, position, key, choice))
+                self._next_task += 1
+
+    def _queue(self, task: Task, *, front: bool = False) -> None:
+        choice = task.choice
+        while choice.video_index in self.quarantine:
+            attempt = choice.attempt + 1
+            if attempt > _MAX_REPLACEMENTS:
+                raise RuntimeError(f"no readable stand-in for sample {choice.sample_index} of "
+                                   f"epoch {task.key[0]} after {_MAX_REPLACEMENTS} tries")
+            video = sampler.replacement(len(self.manifest), seed=self.config.seed,
+                                        epoch=task.key[0], sample_index=choice.sample_index,
+                                        attempt=attempt)
+            choice = sampler.choose(choice.sample_index, choice.planned_index, video,
+                                    int(self.frame_counts[video]), seed=self.config.seed,
+                                    epoch=task.key[0], clip_length=self.config.clip_length,
+                                    stride=self.config.stride, attempt=attempt)
+        task.choice = choice
+        if front:
+            self._tasks.appendleft(task)
+        else:
+            self._tasks.append(task)
+
+    def _dispatch(self) -> None:
+        while self._tasks and self._idle:
+            worker = self._idle.popleft()
+            if worker.state != WorkerState.IDLE:
+                continue
+            task = self._tasks.popleft()
+            info = self.infos[task.choice.video_index]
+            assert info is not None
+            frames = sampler.clip_frames(task.choice.start_frame, info.frames,
+                                         self.config.clip_length, self.config.stride)
+            frame_pts = [int(info.frame_pts[i]) for i in frames]
+            seek_pts = int(info.frame_pts[info.keyframe_before(frames[0])])
+            path = str(self.manifest.rows[task.choice.video_index].path)
+            self._work.send_multipart([worker.identity, protocol.encode(
+                "task", task_id=task.task_id, slot=task.slot, position=task.position,
+                path=path, frame_pts=frame_pts, seek_pts=seek_pts)])
+            worker.state = WorkerState.BUSY  # IDLE -> BUSY
+            worker.task = task
+            worker.task_started = time.monotonic()
+
+    def _answer_waiting(self) -> None:
+        if not self._waiting:
+            return
+        still: list[Waiting] = []
+        exhausted = self.sched.all_leased()
+        for w in self._waiting:
+            slot = self.sched.available(w.key)
+            client = self._clients.get(w.identity)
+            if slot is not None and client is not None:
+                self._control.send_multipart([w.identity, protocol.reply(
+                    w.req_id, **self._lease(w.identity, client, slot))])
+            elif exhausted:
+                self._reply_error(w.identity, w.req_id, protocol.E_RING_EXHAUSTED,
+                                  self._exhausted_text())
+            else:
+                still.append(w)
+        self._waiting = still
+
+    # -- workers ------------------------------------------------------------------
+
+    def _on_worker(self, identity: bytes, data: bytes) -> None:
+        assert self.pool is not None
+        worker = self.pool.by_identity(identity)
+        try:
+            msg = protocol.decode(data, allowed=protocol.WORKER_TYPES)
+        except protocol.ProtocolError as exc:
+            log.error("worker %r sent a bad message: %s", identity, exc)
+            return
+        if worker is None or worker.state == WorkerState.EXITED:
+            return
+        if msg.type == "worker_ready":
+            if worker.state == WorkerState.STARTING:
+                worker.state = WorkerState.IDLE  # STARTING -> IDLE
+                self._idle.append(worker)
+            elif worker.state == WorkerState.STOPPING:
+                self._send_stop(worker)
+            return
+        task = worker.task
+        if task is None or task.task_id != msg["task_id"]:
+            return  # a result for a task already handed to someone else
+        if msg["ok"]:
+            self._task_ok(task)
+        else:
+            self._task_failed(task, msg.get("error", "unknown error"))
+        self.pool.task_finished(worker, self._send_stop)
+        if worker.state == WorkerState.IDLE:
+            self._idle.append(worker)
+
+    def _send_stop(self, worker: Worker) -> None:
+        self._work.send_multipart([worker.identity, protocol.encode("worker_stop")])
+
+    def _worker_gone(self, worker: Worker) -> None:
+        task = worker.task
+        worker.task = None
+        if task is not None:
+            log.warning("decoder worker %d exited (code %s) holding a clip of %s: re-issuing it",
+                        worker.worker_id, worker.proc.returncode,
+                        self.manifest.rows[task.choice.video_index].path)
+            self._queue(task, front=True)
+
+    def _task_ok(self, task: Task) -> None:
+        assert self.ring is not None
+        choice = task.choice
+        views = self.ring.views(task.slot)
+        views.y[task.position] = self.labels[choice.video_index]
+        info = self.infos[choice.video_index]
+        assert info is not None
+        views.provenance[task.position] = (
+            choice.video_index, choice.planned_index, choice.start_frame, self.config.stride,
+            (0, 0, info.height, info.width), 0, int(choice.video_index != choice.planned_index),
+            (0, 0))
+        if choice.video_index != choice.planned_index:
+            self.replaced_total += 1
+        now = time.monotonic()
+        self.clips_total += 1
+        self._done_times.append(now)
+        self.sched.clip_done(task.slot, task.position)
+
+    def _task_failed(self, task: Task, reason: str) -> None:
+        video = task.choice.video_index
+        self._record_error(video, reason)
+        self._queue(task, front=True)  # quarantined now, so _queue picks a stand-in
+
+    def _record_error(self, video: int, reason: str) -> None:
+        path = str(self.manifest.rows[video].path)
+        self.quarantine[video] = reason
+        self.errors.append({"path": path, "video_index": video, "reason": reason,
+                            "time": time.time()})
+        log.warning("quarantined %s: %s", path, reason)
+
+    def _publish_slot(self, slot: int, rec: SlotRecord) -> None:
+        assert self.ring is not None
+        epoch, batch = rec.key if rec.key is not None else (-1, -1)
+        self.ring.set_slot_state(slot, rec.state, epoch=epoch, plan_batch=batch,
+                                 fill_seq=rec.fill_seq)
+
+    # -- status -------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        assert self.pool is not None and self.ring is not None
+        now = time.monotonic()
+        while self._done_times and now - self._done_times[0] > _RATE_WINDOW_S:
+            self._done_times.popleft()
+        window_s = min(_RATE_WINDOW_S, max(now - self._mono_start, 1e-3))
+        last = self.errors[-1] if self.errors else None
+        return {
+            "version": STATUS_VERSION,
+            "name": self.name,
+            "pid": os.getpid(),
+            "epoch": self.sched.consumer_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
+            "batch_shape": list(self.ring.layout.x_shape),
+            "dtype": self.config.dtype,
+            "slots": self.sched.counts(),
+            "workers": {"target": self.pool.target, "alive": self.pool.alive(),
+                        "busy": sum(w.state == WorkerState.BUSY for w in self.pool.workers.values()),
+                        "restarts": self.pool.died_total},
+            "clips_per_s": round(len(self._done_times) / window_s, 2),
+            "clips_total": self.clips_total,
+            "errors": {
+                "count": len(self.errors),
+                "last": None if last is None else {"path": last["path"], "reason": last["reason"]},
+                "quarantined": [{"path": str(self.manifest.rows[v].path), "reason": r}
+                                for v, r in sorted(self.quarantine.items())],
+                "replaced_samples": self.replaced_total,
+            },
+            "videos": len(self.manifest),
+            "classes": self.manifest.classes,
+            "manifest": str(self.manifest.source),
+            "segment": self.ring.name,
+            "ring_mib": round(self.ring.layout.total_bytes / 2**20, 1),
+            "clients": len(self._clients),
+            "waiting_requests": len(self._waiting),
+            "queued_clips": len(self._tasks),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    # -- stop ---------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """See NOTE [ shutdown ]."""
+        self._stopping = True
+        for w in self._waiting:
+            try:
+                self._reply_error(w.identity, w.req_id, protocol.E_STOPPING, "daemon is stopping")
+            except zmq.ZMQError:
+                pass
+        self._waiting = []
+        if self.pool is not None:
+            self.pool.shutdown(self._send_stop, STOP_GRACE_S)
+        self._teardown()
+        log.info("stopped %r", self.name)
+
+    def _teardown(self) -> None:
+        if self._ctx is not None:
+            self._ctx.destroy(linger=0)
+            self._ctx = None
+        if self.ring is not None:
+            self.ring.unlink()
+            self.ring.close()
+            self.ring = None
+        if self._lock_file is not None:
+            folder = paths.runtime_dir(self.name)
+            for stale in ("control.sock", "work.sock", "lock"):
+                (folder / stale).unlink(missing_ok=True)
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def serve(config: ServeConfig) -> int:
+    daemon = Daemon(config)
+    daemon.start()
+    daemon.serve_forever()
+    return 0

@@ -1,0 +1,39 @@
+"""vidring.loader: everything the trainer process imports.
+
+``ClipDataset`` pulls in Keras, so it is imported on first use; the daemon
+and its workers import the rest of this package without paying for Keras.
+"""
+
+from typing import Any
+
+from vidring.loader.client import (
+    Client,
+    DaemonError,
+    DaemonUnavailable,
+    RingExhausted,
+    VidringError,
+)
+from vidring.loader.ring import PROVENANCE_DTYPE, Ring, RingError, RingLayout, SlotState
+
+__all__ = [
+    "PROVENANCE_DTYPE",
+    "Batch",
+    "ClipDataset",
+    "Client",
+    "DaemonError",
+    "DaemonUnavailable",
+    "Ring",
+    "RingError",
+    "RingExhausted",
+    "RingLayout",
+    "SlotState",
+    "VidringError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ClipDataset", "Batch"):
+        from vidring.loader import sequence
+
+        return getattr(sequence, name)
+    raise AttributeError(f"module 'vidring.loader' has no attribute {name!r}")

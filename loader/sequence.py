@@ -1,0 +1,162 @@
+"""ClipDataset: a keras.utils.PyDataset whose batches are views of ring slots.
+
+Batch semantics (DESIGN.md, "Batches, epochs and what Keras really does"):
+the daemon fills plan batches in order; the first request for index i in an
+epoch is served the next plan batch and remembered, a repeated request for i
+returns the same plan batch.  So Keras's shuffled index order and its two
+spec-inference calls never change what an epoch contains: every plan batch
+exactly once.
+
+Lifetime: each batch maps its slot separately, and the slot's lease is given
+back when the last array viewing that mapping is garbage collected, or at
+once with ``release``.  After ``release`` the arrays must not be read.
+"""
+
+from __future__ import annotations
+
+import mmap
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from vidring.loader.client import Client, VidringError
+from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One delivered batch; x, y and provenance all view the same slot."""
+
+    x: np.ndarray
+    y: np.ndarray
+    provenance: np.ndarray
+    epoch: int
+    index: int
+    plan_batch: int
+    lease_id: int
+
+
+class ClipDataset(keras.utils.PyDataset):
+    """The batches of a running vidring daemon, for ``model.fit`` and plain loops.
+
+    Args:
+        name: the pipeline name given to ``vidring serve --name``.
+        timeout_s: a daemon that is gone or silent this long raises DaemonUnavailable.
+        epoch: the epoch to start at (e.g. fit's ``initial_epoch`` when resuming).
+        **kwargs: forwarded to PyDataset; the defaults (one thread, no
+            multiprocessing) are right: decoding already runs in the daemon.
+    """
+
+    def __init__(self, name: str, timeout_s: float = 10.0, *, epoch: int = 0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.name = name
+        self.epoch = int(epoch)
+        self._client = Client(name, timeout_s=timeout_s)
+        try:
+            self.info = self._client.hello()
+            self._ring = Ring.attach(self.info["segment"])
+        except BaseException:
+            self._client.close()
+            raise
+        self.layout: RingLayout = self._ring.layout
+        self._batches_per_epoch = int(self.info["batches_per_epoch"])
+        # id(slot mapping) -> lease id, for release(); entries go with the mapping.
+        self._lease_of: dict[int, int] = {}
+
+    # -- PyDataset ----------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._batches_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        batch = self.batch(index)
+        return batch.x, batch.y
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch in index order; a finished loop moves on to the next epoch."""
+        for index in range(len(self)):
+            yield self[index]
+        self.on_epoch_end()
+
+    # -- vidring ------------------------------------------------------------
+
+    def batch(self, index: int) -> Batch:
+        """Batch `index` of the current epoch with its provenance (zero copy)."""
+        n = len(self)
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"batch index must be an int, got {type(index).__name__}")
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"batch index {index} out of range for {n} batches per epoch")
+        lease = self._client.request("get_batch", epoch=self.epoch, index=int(index))
+        slot, lease_id = lease["slot"], lease["lease_id"]
+        try:
+            state, epoch, plan_batch, fill_seq = self._ring.slot_state(slot)
+            if (state != SlotState.LEASED or epoch != lease["epoch"]
+                    or plan_batch != lease["plan_batch"] or fill_seq != lease["fill_seq"]):
+                raise VidringError(
+                    f"pipeline {self.name!r}: slot {slot} holds {state.name} epoch {epoch} "
+                    f"batch {plan_batch}, but the lease says epoch {lease['epoch']} batch "
+                    f"{lease['plan_batch']}: daemon and ring disagree"
+                )
+            slot_map = self._ring.map_slot(slot)
+        except BaseException:
+            self._client.release(lease_id)
+            raise
+        views = views_of(slot_map, 0, self.layout)
+        key = id(slot_map)
+        self._lease_of[key] = lease_id
+        weakref.finalize(slot_map, _give_back, self._client, self._lease_of, key, lease_id)
+        return Batch(views.x, views.y, views.provenance, lease["epoch"], int(index),
+                     plan_batch, lease_id)
+
+    def release(self, *arrays: np.ndarray | Batch) -> None:
+        """Give the slots of these arrays or batches back now, before GC does."""
+        for item in arrays:
+            arr = item.x if isinstance(item, Batch) else item
+            key = id(_mapping_of(arr))
+            lease_id = self._lease_of.pop(key, None)
+            if lease_id is not None:
+                self._client.release(lease_id)
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status record (same as `vidring status NAME --json`)."""
+        return self._client.request("status")
+
+    def close(self) -> None:
+        """Release every lease and disconnect; arrays already returned stay readable."""
+        self._client.close()
+        self._ring.close()
+
+    def __enter__(self) -> ClipDataset:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _give_back(client: Client, lease_of: dict[int, int], key: int, lease_id: int) -> None:
+    # Runs in whichever thread dropped the last view; Client.release never blocks.
+    if lease_of.get(key) == lease_id:
+        del lease_of[key]
+        client.release(lease_id)
+
+
+def _mapping_of(arr: np.ndarray) -> mmap.mmap:
+    base: Any = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap):
+        raise TypeError("array is not a view of a vidring slot")
+    return base
