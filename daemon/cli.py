@@ -35,7 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vidring.daemon import config as cfg
     from vidring.daemon.server import StartupError, serve
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format=f"vidring[{args.name or '?'}] %(levelname)s %(message)s")
     settings: dict[str, Any] = cfg.load_toml(args.config) if args.config else {}
     for key in ("manifest", "name", "batch_size", "clip_length", "size", "workers", "slots",
@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--lease-timeout-s", type=float,
                        help="take back leases of a live but silent trainer after this")
     serve.add_argument("--probe-cache", help="folder for probe results (default ~/.cache/vidring)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)
 
     for name, func in (("status", cmd_status), ("scale", cmd_scale), ("stop", cmd_stop)):

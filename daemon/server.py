@@ -127,12 +127,12 @@ class Daemon:
             self.sched = Scheduler(cfg.slots, self.batches_per_epoch, cfg.batch_size,
                                    on_change=self._publish_slot)
             self._ctx = zmq.Context()
-            self._control = self._bind(paths.control_endpoint(self.name))
-            self._work = self._bind(paths.work_endpoint(self.name))
+            self._control = self._bind(f"ipc://{self._folder / 'control.sock'}")
+            self._work = self._bind(self._work_endpoint)
             self._poller = zmq.Poller()
             self._poller.register(self._control, zmq.POLLIN)
             self._poller.register(self._work, zmq.POLLIN)
-            self.pool = WorkerPool(paths.work_endpoint(self.name), self.ring.name, cfg.workers)
+            self.pool = WorkerPool(self._work_endpoint, self.ring.name, cfg.workers)
         except BaseException:
             self._teardown()
             raise
@@ -151,7 +151,8 @@ class Daemon:
             raise StartupError(f"runtime folder {root} belongs to another user")
         if st.st_mode & 0o077:
             os.chmod(root, 0o700)
-        folder = paths.runtime_dir(self.name)
+        folder = self._folder = root / paths.check_name(self.name)
+        self._work_endpoint = f"ipc://{folder / 'work.sock'}"
         folder.mkdir(mode=0o700, exist_ok=True)
         self._lock_file = open(folder / "lock", "a+")  # noqa: SIM115 - held for the daemon's life
         try:
@@ -282,6 +283,7 @@ class Daemon:
         except IndexError as exc:
             self._reply_error(identity, msg.id, protocol.E_BAD_REQUEST, str(exc))
             return None
+        log.debug("request epoch %d index %d -> batch %d", msg["epoch"], msg["index"], key[1])
         slot = self.sched.available(key)
         if slot is not None:
             return self._lease(identity, client, slot)
@@ -361,6 +363,7 @@ class Daemon:
 
     def _fill(self) -> None:
         for slot, key in self.sched.next_fills([w.key for w in self._waiting]):
+            log.debug("fill slot %d with epoch %d batch %d", slot, *key)
             clips = sampler.plan_batch(
                 self.frame_counts, seed=self.config.seed, epoch=key[0], batch=key[1],
                 batch_size=self.config.batch_size, clip_length=self.config.clip_length,
@@ -571,7 +574,7 @@ class Daemon:
             self.ring.close()
             self.ring = None
         if self._lock_file is not None:
-            folder = paths.runtime_dir(self.name)
+            folder = self._folder
             for stale in ("control.sock", "work.sock", "lock"):
                 (folder / stale).unlink(missing_ok=True)
             try:

@@ -19,16 +19,38 @@ def check_name(name: str) -> str:
     return name
 
 
-def runtime_root() -> Path:
-    """Owner-only folder holding every pipeline of this user."""
+def runtime_roots() -> list[Path]:
+    """Where pipelines of this user may live, the preferred one first.
+
+    VIDRING_RUNTIME_DIR overrides; else $XDG_RUNTIME_DIR/vidring (a login
+    session or a systemd --user unit), else /tmp/vidring-UID (a system
+    service has no XDG_RUNTIME_DIR).  Clients look in all of them, so a
+    trainer in a login shell finds a daemon started by systemd.
+    """
+    override = os.environ.get("VIDRING_RUNTIME_DIR")
+    if override:
+        return [Path(override)]
+    roots = []
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
-        return Path(xdg) / "vidring"
-    return Path(f"/tmp/vidring-{os.getuid()}")
+        roots.append(Path(xdg) / "vidring")
+    roots.append(Path(f"/tmp/vidring-{os.getuid()}"))
+    return roots
+
+
+def runtime_root() -> Path:
+    """The folder a daemon started here creates its pipeline folder in."""
+    return runtime_roots()[0]
 
 
 def runtime_dir(name: str) -> Path:
-    return runtime_root() / check_name(name)
+    """The pipeline's folder: the one holding its socket if any, else the preferred one."""
+    check_name(name)
+    roots = runtime_roots()
+    for root in roots:
+        if (root / name / "control.sock").exists():
+            return root / name
+    return roots[0] / name
 
 
 def control_endpoint(name: str) -> str:
@@ -44,8 +66,9 @@ def control_socket_path(name: str) -> Path:
 
 
 def list_pipelines() -> list[str]:
-    """Names with a live-looking control socket (the daemon may still be gone)."""
-    root = runtime_root()
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "control.sock").exists())
+    """Names with a control socket (the daemon behind one may be gone)."""
+    names = set()
+    for root in runtime_roots():
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if (p / "control.sock").exists())
+    return sorted(names)

@@ -56,6 +56,7 @@ class ClipDataset(keras.utils.PyDataset):
         super().__init__(**kwargs)
         self.name = name
         self.epoch = int(epoch)
+        self._in_epoch = False
         self._client = Client(name, timeout_s=timeout_s)
         try:
             self.info = self._client.hello()
@@ -77,14 +78,31 @@ class ClipDataset(keras.utils.PyDataset):
         batch = self.batch(index)
         return batch.x, batch.y
 
+    def on_epoch_begin(self) -> None:
+        self._in_epoch = True
+
     def on_epoch_end(self) -> None:
-        self.epoch += 1
+        # Keras's fit() calls on_epoch_end once before the first epoch (its
+        # iterator's reset(), right after ds[0] and ds[1] were read for tensor
+        # specs) with no on_epoch_begin before it.  Only an end that closes a
+        # begun epoch moves on, so fit's first epoch is epoch 0 and the
+        # spec-inference batches are the same plan batches it trains on.
+        if self._in_epoch:
+            self._in_epoch = False
+            self.epoch += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Serve `epoch` next (resuming, or driving epochs by hand)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+        self._in_epoch = False
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One epoch in index order; a finished loop moves on to the next epoch."""
+        """One epoch in index order; a loop that runs to the end moves on to the next epoch."""
         for index in range(len(self)):
             yield self[index]
-        self.on_epoch_end()
+        self.set_epoch(self.epoch + 1)
 
     # -- vidring ------------------------------------------------------------
 

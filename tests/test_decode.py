@@ -1,0 +1,99 @@
+"""The decode path is exact: seek + NONREF pre-roll + one swscale equals a full sequential decode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import reference_decode
+from vidring.daemon import sampler
+from vidring.daemon.decode import ClipDecoder, DecodeError
+from vidring.daemon.probe import ProbeCache, ProbeError, probe
+
+H, W = 24, 32
+
+
+@pytest.fixture(scope="module")
+def video(video_dir: Path) -> Path:
+    return video_dir / "v12.mp4"  # 32 frames, keyframes at 0, 10, 20, 30
+
+
+def _decode(decoder: ClipDecoder, path: Path, frames: list[int]) -> np.ndarray:
+    info = probe(path)
+    out = np.zeros((len(frames), H, W, 3), np.uint8)
+    decoder.decode_into(str(path), int(info.frame_pts[info.keyframe_before(frames[0])]),
+                        [int(info.frame_pts[f]) for f in frames], out)
+    return out
+
+
+def test_probe_reads_frames_and_keyframes(video: Path) -> None:
+    info = probe(video)
+    assert info.frames == 32
+    assert info.keyframe_indices.tolist() == [0, 10, 20, 30]
+    assert (info.width, info.height) == (64, 48)
+    assert info.keyframe_before(19) == 10 and info.keyframe_before(20) == 20
+
+
+@pytest.mark.parametrize("start", [0, 3, 8, 9, 10, 11, 19, 26])
+def test_clip_equals_sequential_decode(video: Path, start: int) -> None:
+    reference = reference_decode(video, H, W)
+    frames = sampler.clip_frames(start, len(reference), 6, 1)
+    decoder = ClipDecoder(H, W)
+    np.testing.assert_array_equal(_decode(decoder, video, frames), reference[frames])
+    decoder.close()
+
+
+def test_many_clips_through_one_decoder_with_stride_and_repeats(video: Path,
+                                                                video_dir: Path) -> None:
+    decoder = ClipDecoder(H, W)
+    short = video_dir / "v05.mp4"  # 3 frames: the last repeats
+    refs = {p: reference_decode(p, H, W) for p in (video, short)}
+    for path, start, stride in [(video, 25, 1), (video, 2, 3), (short, 0, 1), (video, 9, 2)]:
+        frames = sampler.clip_frames(start, len(refs[path]), 6, stride)
+        np.testing.assert_array_equal(_decode(decoder, path, frames), refs[path][frames])
+    decoder.close()
+
+
+def test_float32_is_uint8_over_255(video: Path) -> None:
+    info = probe(video)
+    decoder = ClipDecoder(H, W)
+    frames = [12, 13, 14]
+    pts = [int(info.frame_pts[f]) for f in frames]
+    out = np.zeros((3, H, W, 3), np.float32)
+    decoder.decode_into(str(video), int(info.frame_pts[10]), pts, out)
+    reference = reference_decode(video, H, W)[frames]
+    np.testing.assert_allclose(out, reference / 255.0, atol=1e-6)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_unreadable_file_is_a_decode_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(DecodeError, match="bad.mp4"):
+        ClipDecoder(H, W).decode_into(str(bad), 0, [0], np.zeros((1, H, W, 3), np.uint8))
+    with pytest.raises(ProbeError, match="bad.mp4"):
+        probe(bad)
+
+
+def test_missing_frames_are_an_error_not_a_short_clip(video: Path) -> None:
+    out = np.zeros((2, H, W, 3), np.uint8)
+    with pytest.raises(DecodeError, match="stream ended before"):
+        ClipDecoder(H, W).decode_into(str(video), 0, [0, 10**9], out)
+
+
+def test_probe_cache_reuses_and_invalidates(tmp_path: Path, video: Path) -> None:
+    copy = tmp_path / "copy.mp4"
+    shutil.copy(video, copy)
+    cache = ProbeCache(tmp_path / "cache")
+    a = cache.get(copy)
+    b = cache.get(copy)
+    assert a.frame_pts.tolist() == b.frame_pts.tolist()
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    st = copy.stat()
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-probed
+    cache.get(copy)
+    assert len(list((tmp_path / "cache").iterdir())) == 2

@@ -1,0 +1,68 @@
+"""Manifests: CSV, JSONL and class folders; a bad row names file, line and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vidring.daemon.manifest import ManifestError, load_manifest
+
+
+def test_csv_relative_and_absolute_paths(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    csv = tmp_path / "sub" / "m.csv"
+    csv.write_text("path,label\na.mp4,3\n/abs/b.mp4,4\n\n")
+    m = load_manifest(csv)
+    assert [(r.path, r.label) for r in m.rows] == [
+        (tmp_path / "sub" / "a.mp4", 3), (Path("/abs/b.mp4"), 4)]
+
+
+def test_csv_without_header(tmp_path: Path) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text("a.mp4,1\n")
+    assert load_manifest(csv).rows[0].label == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("path,label\na.mp4,cat\n", r"line 2: field 'label' must be an integer, got 'cat'"),
+        ("path,label\na.mp4\n", r"line 2: expected 2 fields"),
+        ("path,label\n ,1\n", r"line 2: field 'path' is empty"),
+        ("path,label\na.mp4,99999999999\n", r"line 2: field 'label' .* int32"),
+        ("path,label\n", "no videos"),
+    ],
+)
+def test_csv_errors_name_line_and_field(tmp_path: Path, text: str, complaint: str) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text(text)
+    with pytest.raises(ManifestError, match=complaint) as info:
+        load_manifest(csv)
+    assert str(csv) in str(info.value)
+
+
+def test_jsonl(tmp_path: Path) -> None:
+    jl = tmp_path / "m.jsonl"
+    jl.write_text('{"path": "a.mp4", "label": 2}\n{"path": "b.mp4"}\n')
+    with pytest.raises(ManifestError, match="line 2: missing field 'label'"):
+        load_manifest(jl)
+    jl.write_text('{"path": "a.mp4", "label": 2}\n')
+    assert load_manifest(jl).rows[0].label == 2
+
+
+def test_class_folders_map_sorted_names_to_ints(tmp_path: Path) -> None:
+    for cls, files in {"walk": ["x.mp4", "y.MKV"], "jump": ["z.mp4"], "empty": []}.items():
+        (tmp_path / cls).mkdir()
+        for f in files:
+            (tmp_path / cls / f).write_bytes(b"")
+    (tmp_path / "walk" / "notes.txt").write_text("not a video")
+    m = load_manifest(tmp_path)
+    assert m.classes == {"empty": 0, "jump": 1, "walk": 2}
+    assert sorted((r.path.name, r.label) for r in m.rows) == [
+        ("x.mp4", 2), ("y.MKV", 2), ("z.mp4", 1)]
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no such file"):
+        load_manifest(tmp_path / "nope.csv")

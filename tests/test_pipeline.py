@@ -1,0 +1,279 @@
+"""End to end against real daemons: real processes, ZeroMQ sockets and /dev/shm segments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from tests.conftest import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode, status, wait_until
+from vidring.daemon import sampler
+from vidring.loader import ClipDataset, DaemonUnavailable, RingExhausted, paths, protocol
+from vidring.loader.ring import segment_name
+
+
+def _epoch_bytes(ds: ClipDataset) -> list[tuple[bytes, bytes, bytes]]:
+    out = []
+    for i in range(len(ds)):
+        b = ds.batch(i)
+        out.append((b.x.tobytes(), b.y.tobytes(), b.provenance.tobytes()))
+    ds.set_epoch(ds.epoch + 1)
+    return out
+
+
+def _mapping_of_address(address: int) -> str:
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split()
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if lo <= address < hi:
+                return fields[5] if len(fields) > 5 else ""
+    return ""
+
+
+def test_zero_copy_views_lie_in_the_segment(main_pipeline: str) -> None:
+    with ClipDataset(main_pipeline) as ds:
+        b = ds.batch(0)
+        assert b.x.shape == (4, CLIP, *SIZE, 3) and b.x.dtype == np.uint8
+        assert b.y.shape == (4,) and b.y.dtype == np.int32
+        # Every array's memory is a mapping of the daemon's segment, not a private copy.
+        segment = f"/dev/shm/{segment_name(main_pipeline)}"
+        for arr in (b.x, b.y, b.provenance):
+            assert _mapping_of_address(arr.ctypes.data) == segment
+        assert not b.x.flags.writeable and not b.x.flags.owndata
+        x, y = ds[0]  # a repeated index: the same batch
+        assert np.shares_memory(x, b.x) or np.array_equal(x, b.x)
+        np.testing.assert_array_equal(y, b.y)
+
+
+def test_pixels_equal_an_independent_sequential_decode(main_pipeline: str, video_dir: Path) -> None:
+    seen_cross_gop = False
+    references: dict[int, np.ndarray] = {}
+    with ClipDataset(main_pipeline) as ds:
+        for i in range(len(ds)):
+            b = ds.batch(i)
+            for pos, prov in enumerate(b.provenance):
+                video = int(prov["video_index"])
+                if video not in references:
+                    references[video] = reference_decode(video_dir / f"v{video:02d}.mp4", *SIZE)
+                ref = references[video]
+                frames = sampler.clip_frames(int(prov["start_frame"]), len(ref), CLIP, 1)
+                np.testing.assert_array_equal(b.x[pos], ref[frames],
+                                              err_msg=f"video {video} start {prov['start_frame']}")
+                assert b.y[pos] == video  # labels are the video index in this manifest
+                seen_cross_gop |= frames[0] // 10 != frames[-1] // 10
+    assert len(references) >= N_VIDEOS - 3
+    assert seen_cross_gop, "no clip crossed a GOP boundary; pick another seed"
+
+
+def test_fit_two_epochs_with_shuffle_and_validation(daemons: Daemons, manifest: Path) -> None:
+    import keras
+
+    train_name = daemons.start(manifest, batch_size=4, workers=2, slots=4, seed=7,
+                               dtype="float32")
+    val_name = daemons.start(manifest, batch_size=8, workers=1, slots=2, seed=8, dtype="float32")
+
+    class Recording(ClipDataset):
+        """Records the labels of every batch Keras asks for, per (epoch, index)."""
+
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.seen: dict[tuple[int, int], list[int]] = {}
+
+        def __getitem__(self, index: int):
+            x, y = super().__getitem__(index)
+            assert x.shape == (4, CLIP, *SIZE, 3) and x.dtype == np.float32
+            assert y.shape == (4,) and y.dtype == np.int32
+            labels = y.tolist()
+            key = (self.epoch, int(index))
+            assert self.seen.setdefault(key, labels) == labels, f"index {key} changed batch"
+            return x, y
+
+    train = Recording(train_name)
+    val = ClipDataset(val_name)
+    model = keras.Sequential([
+        keras.Input((CLIP, *SIZE, 3)),
+        keras.layers.Conv3D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling3D(),
+        keras.layers.Dense(N_VIDEOS, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(train, epochs=2, validation_data=val, verbose=0)  # shuffle=True default
+    assert len(history.history["loss"]) == 2 and "val_loss" in history.history
+    for epoch in (0, 1):
+        batches = {i: lab for (e, i), lab in train.seen.items() if e == epoch}
+        assert sorted(batches) == list(range(len(train)))
+        labels = sorted(v for lab in batches.values() for v in lab)
+        assert labels == list(range(N_VIDEOS)), f"epoch {epoch}: each video exactly once"
+    train.close()
+    val.close()
+
+
+def test_same_seed_same_bytes_whatever_the_worker_count(daemons: Daemons, manifest: Path) -> None:
+    one = daemons.start(manifest, workers=1, slots=2, seed=5)
+    three = daemons.start(manifest, workers=3, slots=5, seed=5)
+    other = daemons.start(manifest, workers=2, slots=3, seed=6)
+    epochs = {}
+    for name in (one, three, other):
+        with ClipDataset(name) as ds:
+            epochs[name] = _epoch_bytes(ds) + _epoch_bytes(ds)
+    assert epochs[one] == epochs[three]
+    assert epochs[one][0] != epochs[one][N_VIDEOS // 4]  # epoch 0 and 1 differ
+    assert epochs[other] != epochs[one]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vidring.daemon.cli", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_scaling_mid_epoch_loses_and_duplicates_nothing(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2, seed=3)
+    with ClipDataset(name) as ds:
+        for epoch, (at, workers) in enumerate([(1, 3), (2, 1)]):
+            labels: list[int] = []
+            for i in range(len(ds)):
+                labels += ds[i][1].tolist()
+                if i == at:
+                    done = _cli("scale", name, str(workers))
+                    assert done.returncode == 0, done.stderr
+                    wait_until(lambda: status(name)["workers"]["alive"] == workers, 30,
+                               f"{workers} workers")
+            assert sorted(labels) == list(range(N_VIDEOS)), f"epoch {epoch}"
+            ds.set_epoch(epoch + 1)
+    st = status(name)
+    assert st["workers"]["target"] == 1 and st["workers"]["restarts"] == 0
+
+
+def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
+        daemons: Daemons, video_dir: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(os.urandom(4096))
+    vanishing = tmp_path / "vanishing.mp4"
+    vanishing.write_bytes((video_dir / "v07.mp4").read_bytes())
+    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i}" for i in range(N_VIDEOS - 3)]
+    rows += [f"{corrupt},100", f"{tmp_path / 'missing.mp4'},101", f"{vanishing},102"]
+    bad_manifest = tmp_path / "m.csv"
+    bad_manifest.write_text("\n".join(rows) + "\n")
+    name = daemons.start(bad_manifest, workers=2, slots=2, seed=1)
+    vanishing.unlink()  # probed at start, gone when a worker opens it
+    with ClipDataset(name) as ds:
+        replaced = 0
+        for _ in range(2):
+            for i in range(len(ds)):
+                b = ds.batch(i)
+                assert b.x.shape == (4, CLIP, *SIZE, 3)
+                assert set(b.y.tolist()) <= set(range(N_VIDEOS - 3))
+                replaced += int(b.provenance["replaced"].sum())
+            ds.set_epoch(ds.epoch + 1)
+        st = ds.status()
+    assert replaced >= 2  # corrupt and missing each sit in every epoch
+    errors = st["errors"]
+    paths_named = {q["path"] for q in errors["quarantined"]}
+    assert {str(corrupt), str(tmp_path / "missing.mp4")} <= paths_named
+    assert errors["count"] >= 2
+    reasons = " ".join(q["reason"] for q in errors["quarantined"])
+    assert "No such file" in reasons
+    if str(vanishing) in paths_named:  # drawn into the two epochs: a worker-side failure
+        assert "in decoder worker" in reasons
+
+
+def test_trainer_exit_keeps_the_segment_and_frees_its_leases(main_pipeline: str) -> None:
+    script = (
+        "import sys\n"
+        "from vidring.loader import ClipDataset\n"
+        "ds = ClipDataset(sys.argv[1])\n"
+        "x, y = ds[0]\n"
+        "print(int(y.sum()), flush=True)\n"
+        "import os; os._exit(0)\n"  # no close(), no finalizers: like a crash
+    )
+    done = subprocess.run([sys.executable, "-c", script, main_pipeline], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert os.path.exists(f"/dev/shm/{segment_name(main_pipeline)}")
+    wait_until(lambda: status(main_pipeline)["slots"]["leased"] == 0, 10,
+               "the dead trainer's lease to be taken back")
+    with ClipDataset(main_pipeline) as ds:
+        assert ds[1][0].shape[0] == 4
+
+
+def test_holding_every_slot_is_a_clear_error(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2)
+    with ClipDataset(name) as ds:
+        held = [ds.batch(0), ds.batch(1)]
+        with pytest.raises(RingExhausted, match="holds all 2 slots"):
+            ds.batch(2)
+        ds.release(*held)
+        del held
+        assert ds.batch(2).x.shape[0] == 2
+
+
+def test_dead_daemon_is_a_clear_error_within_the_timeout(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    ds = ClipDataset(name, timeout_s=3)
+    ds[0]
+    os.kill(daemons.pid(name), signal.SIGKILL)
+    started = time.monotonic()
+    with pytest.raises(DaemonUnavailable, match=name):
+        for i in range(1, len(ds)):
+            ds[i]
+    assert time.monotonic() - started < 3 + 2
+    ds.close()
+    workers_gone = wait_until(lambda: not daemons.workers(name), 10, "workers to exit")
+    assert workers_gone
+    # A restart of the same name replaces the stale segment and serves again.
+    daemons.running.pop(name).wait(timeout=10)
+    daemons.start(manifest, name=name, workers=1, slots=2)
+    with ClipDataset(name) as ds2:
+        assert ds2[0][0].shape[0] == 4
+
+
+def test_no_daemon_is_a_clear_error() -> None:
+    with pytest.raises(DaemonUnavailable, match="no vidring daemon named 'nobody-here'"):
+        ClipDataset("nobody-here", timeout_s=1)
+
+
+def test_bad_messages_get_errors_and_the_daemon_keeps_serving(main_pipeline: str) -> None:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(paths.control_endpoint(main_pipeline))
+    try:
+        for junk in (b"not json", b'{"v": 1, "type": "get_batch", "epoch": "x", "index": 0}',
+                     b'{"v": 1, "type": "task_done"}'):
+            sock.send(junk)
+            assert sock.poll(5000), "no reply to a bad message"
+            reply = protocol.decode(sock.recv())
+            assert reply.type == "error" and reply["code"] == protocol.E_BAD_MESSAGE
+        sock.send(protocol.encode("get_batch", 1, epoch=0, index=10**6))
+        assert sock.poll(5000)
+        assert protocol.decode(sock.recv())["code"] == protocol.E_BAD_REQUEST
+    finally:
+        sock.close()
+        ctx.term()
+    assert status(main_pipeline)["name"] == main_pipeline
+
+
+def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    plain = _cli("status", name)
+    assert plain.returncode == 0 and "queue" in plain.stdout and "workers" in plain.stdout
+    listed = _cli("ls")
+    assert name in listed.stdout
+    workers = daemons.workers(name)
+    assert len(workers) == 1
+    folder = paths.runtime_dir(name)
+    stopped = _cli("stop", name)
+    assert stopped.returncode == 0
+    daemons.stop(name)  # waits, and asserts: exit 0, no worker alive, no segment left
+    assert not folder.exists()
+    assert all(not w.is_running() for w in workers)
+    missing = _cli("status", name)
+    assert missing.returncode == 1 and "no vidring daemon" in missing.stderr

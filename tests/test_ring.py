@@ -1,0 +1,101 @@
+"""The ring segment: layout math, create/attach, owner-only mode, reservation, unlink."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from vidring.loader.ring import (
+    ALIGN_BYTES,
+    PAGE_BYTES,
+    PROVENANCE_DTYPE,
+    Ring,
+    RingError,
+    RingLayout,
+    SlotState,
+    unlink,
+)
+
+
+@pytest.fixture
+def seg_name() -> str:
+    name = f"vidring-test-{os.getpid()}-{os.urandom(4).hex()}"
+    yield name
+    unlink(name)
+
+
+def test_layout_alignment() -> None:
+    lay = RingLayout(slot_count=3, batch_size=5, clip_length=7, height=11, width=13,
+                     dtype="float32")
+    assert lay.slot_bytes % PAGE_BYTES == 0
+    for off in (lay.x_offset, lay.y_offset, lay.prov_offset, lay.data_offset):
+        assert off % ALIGN_BYTES == 0
+    assert lay.y_offset >= lay.x_bytes
+    assert lay.prov_offset >= lay.y_offset + 4 * 5
+    assert lay.slot_bytes >= lay.prov_offset + PROVENANCE_DTYPE.itemsize * 5
+    assert lay.total_bytes == lay.data_offset + 3 * lay.slot_bytes
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"dtype": "float16"}, {"slot_count": 10**6}])
+def test_layout_rejects_bad_fields(bad: dict) -> None:
+    args = dict(slot_count=2, batch_size=2, clip_length=2, height=2, width=2) | bad
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        RingLayout(**args)
+
+
+def test_create_attach_share_memory_and_unlink(seg_name: str) -> None:
+    lay = RingLayout(slot_count=2, batch_size=2, clip_length=3, height=4, width=5)
+    ring = Ring.create(seg_name, lay)
+    mode = stat.S_IMODE(os.stat(f"/dev/shm/{seg_name}").st_mode)
+    assert mode == 0o600
+    writer = Ring.attach(seg_name, writable=True)
+    reader = Ring.attach(seg_name)
+    assert reader.layout == lay and reader.ring_id == ring.ring_id
+    writer.sample_array(1, 1)[:] = 77
+    ring.set_slot_state(1, SlotState.READY, epoch=3, plan_batch=4, fill_seq=5)
+    views = reader.views(1)
+    assert views.x.shape == (2, 3, 4, 5, 3)
+    assert (views.x[1] == 77).all() and (views.x[0] == 0).all()
+    assert reader.slot_state(1) == (SlotState.READY, 3, 4, 5)
+    assert not views.x.flags.writeable  # the trainer maps read-only
+    del views
+    for r in (writer, reader, ring):
+        r.close()
+    ring.unlink()
+    with pytest.raises(RingError, match="no ring segment"):
+        Ring.attach(seg_name)
+    with pytest.raises(FileNotFoundError):
+        open(f"/dev/shm/{seg_name}", "rb")
+
+
+def test_separate_slot_mapping_sees_the_same_bytes(seg_name: str) -> None:
+    lay = RingLayout(slot_count=3, batch_size=1, clip_length=1, height=2, width=2)
+    with Ring.create(seg_name, lay) as ring:
+        ring.sample_array(2, 0)[:] = 9
+        mapped = ring.map_slot(2)
+        x = np.frombuffer(mapped, np.uint8, count=12).reshape(1, 2, 2, 3)
+        assert (x == 9).all()
+        del x
+        mapped.close()
+
+
+def test_full_shm_is_a_clear_error_and_leaves_nothing(seg_name: str) -> None:
+    st = os.statvfs("/dev/shm")
+    free_bytes = st.f_bavail * st.f_frsize
+    frame_bytes = 512 * 512 * 4
+    lay = RingLayout(slot_count=2, batch_size=1, clip_length=free_bytes // frame_bytes + 1,
+                     height=512, width=512, dtype="uint8", channels=4)
+    assert lay.total_bytes > free_bytes
+    with pytest.raises(RingError, match="cannot reserve .* /dev/shm"):
+        Ring.create(seg_name, lay)
+    assert not os.path.exists(f"/dev/shm/{seg_name}")
+
+
+def test_attach_rejects_foreign_segment(seg_name: str) -> None:
+    with open(f"/dev/shm/{seg_name}", "wb") as fh:
+        fh.write(b"\x00" * 8192)
+    with pytest.raises(RingError, match="bad magic"):
+        Ring.attach(seg_name)

@@ -1,0 +1,68 @@
+"""Slot and lease bookkeeping, without processes."""
+
+from __future__ import annotations
+
+from vidring.daemon.schedule import Scheduler
+from vidring.loader.ring import SlotState
+
+
+def _fill_all(s: Scheduler, waiting: list | None = None) -> list:
+    started = s.next_fills(waiting or [])
+    for slot, _ in started:
+        for pos in range(s.batch_size):
+            s.clip_done(slot, pos)
+    return started
+
+
+def test_repeated_index_gets_the_same_batch_and_first_requests_go_in_plan_order() -> None:
+    s = Scheduler(slot_count=3, batches_per_epoch=5, batch_size=2)
+    assert [s.assign(0, i)[1] for i in (4, 0, 2)] == [0, 1, 2]
+    assert s.assign(0, 0) == (0, 1)
+    assert s.assign(1, 3) == (1, 0)
+
+
+def test_prefetch_fills_plan_order_across_the_epoch_boundary() -> None:
+    s = Scheduler(slot_count=3, batches_per_epoch=2, batch_size=1)
+    assert [key for _, key in _fill_all(s)] == [(0, 0), (0, 1), (1, 0)]
+    assert all(rec.state == SlotState.READY for rec in s.slots)
+
+
+def test_lease_release_and_repeat_from_kept_content() -> None:
+    s = Scheduler(slot_count=2, batches_per_epoch=4, batch_size=1)
+    _fill_all(s)
+    key = s.assign(0, 0)
+    slot = s.available(key)
+    assert slot is not None
+    lease = s.lease(slot)
+    assert s.slots[slot].state == SlotState.LEASED
+    assert s.release(lease) and not s.release(lease)
+    assert s.slots[slot].state == SlotState.FREE
+    assert s.available(key) == slot  # a repeated request before refill needs no decode
+
+
+def test_waiting_key_evicts_unwanted_prefetch_not_leased_slots() -> None:
+    s = Scheduler(slot_count=2, batches_per_epoch=8, batch_size=1)
+    _fill_all(s)  # (0,0), (0,1)
+    first = s.lease(s.available(s.assign(0, 0)))
+    s.release(first)
+    s.assign(0, 1)
+    held = s.lease(s.available((0, 1)))
+    # Both slots busy or kept; a waiting request for batch 0 of a new epoch must get one.
+    started = s.next_fills([(1, 0)])
+    assert [key for _, key in started] == [(1, 0)]
+    assert s.slots[s.lease_slot(held)].state == SlotState.LEASED
+
+
+def test_all_leased_is_detected() -> None:
+    s = Scheduler(slot_count=2, batches_per_epoch=4, batch_size=1)
+    _fill_all(s)
+    for i in range(2):
+        s.lease(s.available(s.assign(0, i)))
+    assert s.all_leased()
+    assert s.next_fills([s.assign(0, 2)]) == []
+
+
+def test_counts() -> None:
+    s = Scheduler(slot_count=3, batches_per_epoch=4, batch_size=2)
+    s.next_fills([])
+    assert s.counts() == {"total": 3, "free": 0, "filling": 3, "ready": 0, "leased": 0}
