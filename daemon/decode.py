@@ -3,10 +3,12 @@
 Where the time goes (DESIGN.md, "The decode path"): pre-roll from the
 keyframe dominates, so
 - one FFmpeg thread per worker: a pool of processes already fills the cores;
-- packets presented before the clip are decoded with skip_frame=NONREF: a
-  non-reference frame is never needed to decode a later one, so the output
-  is exact; the choice is made per packet from its pts, so no frame of the
-  clip is ever skipped;
+- packets presented before (or after) the clip are decoded with
+  skip_frame=NONREF: a non-reference frame is never needed to decode another,
+  so the output is exact; the choice is made per packet from its pts, so no
+  frame of the clip is ever skipped;
+- once every packet of the clip is in the decoder, it is drained instead of
+  fed the frames that follow (its B-frame reorder delay);
 - only kept frames are converted and resized, in one swscale call each, by
   one long-lived reformatter with threads=1 (PyAV otherwise builds a threaded
   SwsContext per call), and written once, straight into the slot.
@@ -98,29 +100,40 @@ class ClipDecoder:
         targets: dict[int, list[int]] = {}
         for t, pts in enumerate(frame_pts):
             targets.setdefault(pts, []).append(t)
-        first_pts = min(targets)
+        first_pts, last_pts = min(targets), max(targets)
+        unfed = set(targets)  # clip frames whose packets the decoder has not seen yet
         container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
         skipping: bool | None = None
         for packet in container.demux(stream):
-            if packet.pts is not None:
-                skip = packet.pts < first_pts
+            pts = packet.pts
+            if pts is not None:
+                # Non-reference frames outside the clip are never needed.
+                skip = pts < first_pts or pts > last_pts
                 if skip is not skipping:
                     ctx.skip_frame = "NONREF" if skip else "DEFAULT"
                     skipping = skip
-            for frame in packet.decode():
-                positions = targets.pop(frame.pts, None)
-                if positions is None:
-                    continue
-                self._write(frame, out, positions)
-                if not targets:
-                    ctx.skip_frame = "DEFAULT"
-                    return
+            self._take(packet.decode(), targets, out)
+            if not targets:
+                break
+            unfed.discard(pts)
+            if not unfed:
+                # Every clip frame is inside the decoder: drain its reorder delay
+                # rather than decode the frames that follow the clip.
+                self._take(ctx.decode(None), targets, out)
+                break
         ctx.skip_frame = "DEFAULT"
-        missing = sorted(targets)
-        raise DecodeError(
-            f"{path}: stream ended before {len(missing)} of {len(frame_pts)} clip frames "
-            f"(first missing pts {missing[0]}): truncated or corrupt"
-        )
+        if targets:
+            missing = sorted(targets)
+            raise DecodeError(
+                f"{path}: stream ended before {len(missing)} of {len(frame_pts)} clip frames "
+                f"(first missing pts {missing[0]}): truncated or corrupt"
+            )
+
+    def _take(self, frames: Any, targets: dict[int, list[int]], out: np.ndarray) -> None:
+        for frame in frames:
+            positions = targets.pop(frame.pts, None)
+            if positions is not None:
+                self._write(frame, out, positions)
 
     def _write(self, frame: Any, out: np.ndarray, positions: list[int]) -> None:
         rgb = self._reformatter.reformat(frame, width=self.width, height=self.height,

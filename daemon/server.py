@@ -51,6 +51,11 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
 _RATE_WINDOW_S = 5.0
 _MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
+# A request waiting this long past the decode timeout with no clip finished
+# means no worker can make progress (a crash loop, or scaled to 0): say so.
+_STALL_GRACE_S = 30.0
+# Forget a client with no leases after this much silence (the CLI, a closed trainer).
+_IDLE_CLIENT_S = 10.0
 
 
 class StartupError(Exception):
@@ -103,6 +108,7 @@ class Daemon:
         self.errors: list[dict[str, Any]] = []
         self.quarantine: dict[int, str] = {}
         self._last_client_check = 0.0
+        self._last_progress = time.monotonic()
 
     # -- start ----------------------------------------------------------------
 
@@ -353,7 +359,8 @@ class Daemon:
         for identity, client in list(self._clients.items()):
             silent_s = now - client.last_seen
             gone = client.pid is not None and not pid_alive(client.pid)
-            if gone or silent_s > self.config.lease_timeout_s:
+            idle = not client.leases and silent_s > _IDLE_CLIENT_S
+            if gone or idle or silent_s > self.config.lease_timeout_s:
                 if client.leases:
                     log.info("client pid %s %s: releasing %d leases", client.pid,
                              "exited" if gone else f"silent for {silent_s:.0f} s", len(client.leases))
@@ -414,9 +421,11 @@ class Daemon:
 
     def _answer_waiting(self) -> None:
         if not self._waiting:
+            self._last_progress = time.monotonic()
             return
         still: list[Waiting] = []
         exhausted = self.sched.all_leased()
+        stalled = self._stall_reason()
         for w in self._waiting:
             slot = self.sched.available(w.key)
             client = self._clients.get(w.identity)
@@ -426,9 +435,22 @@ class Daemon:
             elif exhausted:
                 self._reply_error(w.identity, w.req_id, protocol.E_RING_EXHAUSTED,
                                   self._exhausted_text())
+            elif stalled:
+                self._reply_error(w.identity, w.req_id, protocol.E_STALLED, stalled)
             else:
                 still.append(w)
         self._waiting = still
+
+    def _stall_reason(self) -> str:
+        assert self.pool is not None
+        if self.pool.target == 0:
+            return "no decoder workers: the pipeline is scaled to 0 (vidring scale NAME N)"
+        idle_s = time.monotonic() - self._last_progress
+        if idle_s > self.config.task_timeout_s + _STALL_GRACE_S:
+            return (f"no clip finished for {idle_s:.0f} s: {self.pool.alive()} of "
+                    f"{self.pool.target} workers alive, {self.pool.died_total} worker deaths; "
+                    "see the daemon's log")
+        return ""
 
     # -- workers ------------------------------------------------------------------
 
@@ -486,6 +508,7 @@ class Daemon:
         if choice.video_index != choice.planned_index:
             self.replaced_total += 1
         now = time.monotonic()
+        self._last_progress = now
         self.clips_total += 1
         self._done_times.append(now)
         self.sched.clip_done(task.slot, task.position)

@@ -26,6 +26,7 @@ E_RING_EXHAUSTED = "ring_exhausted"
 E_BAD_REQUEST = "bad_request"
 E_STOPPING = "stopping"
 E_INTERNAL = "internal"
+E_STALLED = "stalled"
 
 _INT = (int,)
 _NUM = (int, float)

@@ -15,7 +15,14 @@ import zmq
 
 from tests.conftest import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode, status, wait_until
 from vidring.daemon import sampler
-from vidring.loader import ClipDataset, DaemonUnavailable, RingExhausted, paths, protocol
+from vidring.loader import (
+    ClipDataset,
+    DaemonError,
+    DaemonUnavailable,
+    RingExhausted,
+    paths,
+    protocol,
+)
 from vidring.loader.ring import segment_name
 
 
@@ -277,3 +284,12 @@ def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
     assert all(not w.is_running() for w in workers)
     missing = _cli("status", name)
     assert missing.returncode == 1 and "no vidring daemon" in missing.stderr
+
+
+def test_no_workers_is_an_error_not_a_hang(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=0, slots=2)
+    with ClipDataset(name, timeout_s=5) as ds:
+        with pytest.raises(DaemonError, match="scaled to 0"):
+            ds[0]
+        assert _cli("scale", name, "1").returncode == 0
+        assert ds[0][0].shape[0] == 4
