@@ -39,7 +39,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         format=f"vidring[{args.name or '?'}] %(levelname)s %(message)s")
     settings: dict[str, Any] = cfg.load_toml(args.config) if args.config else {}
     for key in ("manifest", "name", "batch_size", "clip_length", "size", "workers", "slots",
-                "seed", "dtype", "stride", "task_timeout_s", "lease_timeout_s", "probe_cache"):
+                "seed", "dtype", "stride", "task_timeout_s", "lease_timeout_s", "exhausted_wait_s",
+                "probe_cache"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--task-timeout-s", type=float, help="kill a decode stalled this long")
     serve.add_argument("--lease-timeout-s", type=float,
                        help="take back leases of a live but silent trainer after this")
+    serve.add_argument("--exhausted-wait-s", type=float,
+                       help="how long a request waits when the trainer holds every slot")
     serve.add_argument("--probe-cache", help="folder for probe results (default ~/.cache/vidring)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

@@ -48,6 +48,8 @@ class ServeConfig:
     task_timeout_s: float = 60.0
     # Leases of a client whose process is alive but silent this long are taken back.
     lease_timeout_s: float = 60.0
+    # A request finding every slot leased waits this long for a release, then fails.
+    exhausted_wait_s: float = 30.0
     probe_cache: Path | None = None
 
     def __post_init__(self) -> None:
@@ -65,7 +67,9 @@ class ServeConfig:
             raise ConfigError("slots: need at least 2 (one leased, one filling)")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        for name in ("task_timeout_s", "lease_timeout_s"):
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed: must be an integer in 0..2**63-1, got {self.seed!r}")
+        for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
 

@@ -3,10 +3,11 @@
 Where the time goes (DESIGN.md, "The decode path"): pre-roll from the
 keyframe dominates, so
 - one FFmpeg thread per worker: a pool of processes already fills the cores;
-- packets presented before (or after) the clip are decoded with
-  skip_frame=NONREF: a non-reference frame is never needed to decode another,
-  so the output is exact; the choice is made per packet from its pts, so no
-  frame of the clip is ever skipped;
+- every packet that is not a clip frame (pre-roll, frames between strided
+  clip frames, frames after the clip) is decoded with skip_frame=NONREF: a
+  non-reference frame is never needed to decode another, so the output is
+  exact; the choice is made per packet from its pts, so no clip frame is
+  ever skipped;
 - once every packet of the clip is in the decoder, it is drained instead of
   fed the frames that follow (its B-frame reorder delay);
 - only kept frames are converted and resized, in one swscale call each, by
@@ -23,8 +24,10 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-# Bilinear: the same default swscale and PyAV use; the pixel tests resize the same way.
-INTERPOLATION = "BILINEAR"
+# swscale's area filter: antialiased when shrinking (the usual case: 640x360 -> 112x112,
+# like cv2.INTER_AREA), bilinear when growing, and cheaper than its bilinear (0.13 vs
+# 0.19 ms per 640x360 frame here).
+INTERPOLATION = "AREA"
 MAX_OPEN_CONTAINERS = 8
 
 
@@ -100,15 +103,15 @@ class ClipDecoder:
         targets: dict[int, list[int]] = {}
         for t, pts in enumerate(frame_pts):
             targets.setdefault(pts, []).append(t)
-        first_pts, last_pts = min(targets), max(targets)
+        wanted = frozenset(targets)
         unfed = set(targets)  # clip frames whose packets the decoder has not seen yet
         container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
         skipping: bool | None = None
         for packet in container.demux(stream):
             pts = packet.pts
             if pts is not None:
-                # Non-reference frames outside the clip are never needed.
-                skip = pts < first_pts or pts > last_pts
+                # A non-reference frame that is not a clip frame is never needed.
+                skip = pts not in wanted
                 if skip is not skipping:
                     ctx.skip_frame = "NONREF" if skip else "DEFAULT"
                     skipping = skip

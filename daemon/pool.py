@@ -54,10 +54,11 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, endpoint: str, segment: str, target: int, *,
+    def __init__(self, endpoint: str, segment: str, ring_id: int, target: int, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.endpoint = endpoint
         self.segment = segment
+        self.ring_id = ring_id
         self.target = target
         self.workers: dict[int, Worker] = {}
         self.spawned_total = 0
@@ -88,7 +89,8 @@ class WorkerPool:
         worker_id = self._next_id
         self._next_id += 1
         cmd = [sys.executable, "-m", "vidring.daemon.worker", "--endpoint", self.endpoint,
-               "--segment", self.segment, "--worker-id", str(worker_id),
+               "--segment", self.segment, "--ring-id", str(self.ring_id),
+               "--worker-id", str(worker_id),
                "--parent-pid", str(os.getpid())]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
         worker = Worker(worker_id, proc, self._clock())
@@ -170,5 +172,8 @@ class WorkerPool:
                 worker.proc.wait(timeout=max(0.0, end - self._clock()))
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
-                worker.proc.wait(timeout=5.0)
+                try:
+                    worker.proc.wait(timeout=5.0)
+                except subprocess.TimeoutExpired:
+                    pass  # stuck in the kernel (a hung mount); init reaps it when it dies
         self.workers.clear()

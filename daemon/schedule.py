@@ -38,7 +38,8 @@ class SlotRecord:
 
 class Scheduler:
     def __init__(self, slot_count: int, batches_per_epoch: int, batch_size: int,
-                 on_change: Callable[[int, SlotRecord], None] = lambda slot, rec: None) -> None:
+                 on_change: Callable[[int, SlotRecord], None] = lambda slot, rec: None,
+                 first_lease_id: int = 1) -> None:
         if batches_per_epoch < 1:
             raise ValueError("an epoch needs at least one batch")
         self.slots = [SlotRecord() for _ in range(slot_count)]
@@ -49,7 +50,7 @@ class Scheduler:
         self._content: dict[Key, int] = {}  # key -> slot filling or holding it
         self._index_maps: dict[int, dict[int, int]] = {}
         self._leases: dict[int, int] = {}  # lease id -> slot
-        self._next_lease = 1
+        self._next_lease = first_lease_id
 
     # -- requests ------------------------------------------------------------
 
@@ -60,10 +61,12 @@ class Scheduler:
         mapping = self._index_maps.setdefault(epoch, {})
         if index not in mapping:
             mapping[index] = len(mapping)
-        if epoch > self.consumer_epoch:
+        if epoch != self.consumer_epoch:
+            # Prefetch follows the trainer, also backwards (a trainer resumed at an
+            # earlier epoch against a long-running daemon).
             self.consumer_epoch = epoch
-            for old in [e for e in self._index_maps if e < epoch - 1]:
-                del self._index_maps[old]
+            for other in [e for e in self._index_maps if abs(e - epoch) > 1]:
+                del self._index_maps[other]
         return (epoch, mapping[index])
 
     def available(self, key: Key) -> int | None:

@@ -26,9 +26,11 @@ import collections
 import fcntl
 import logging
 import os
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +43,7 @@ from vidring.daemon.pool import STOP_GRACE_S, Worker, WorkerPool, WorkerState
 from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
 from vidring.daemon.schedule import Key, Scheduler, SlotRecord
 from vidring.loader import paths, protocol
-from vidring.loader.client import pid_alive
+from vidring.loader.client import pid_alive, pid_namespace
 from vidring.loader.ring import Ring, RingLayout, segment_name
 
 log = logging.getLogger("vidring.daemon")
@@ -51,6 +53,9 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
 _RATE_WINDOW_S = 5.0
 _MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
+# A video's decode fails (or kills its worker) this often before it is quarantined:
+# one retry rides out a transient error without letting a poison file crash-loop workers.
+_MAX_FAILURES_PER_VIDEO = 2
 # A request waiting this long past the decode timeout with no clip finished
 # means no worker can make progress (a crash loop, or scaled to 0): say so.
 _STALL_GRACE_S = 30.0
@@ -83,6 +88,7 @@ class Waiting:
     identity: bytes
     req_id: int
     key: Key
+    since: float
 
 
 class Daemon:
@@ -105,8 +111,11 @@ class Daemon:
         self._done_times: collections.deque[float] = collections.deque()
         self.clips_total = 0
         self.replaced_total = 0
-        self.errors: list[dict[str, Any]] = []
+        self.error_count = 0
+        self.last_error: dict[str, str] | None = None
         self.quarantine: dict[int, str] = {}
+        self._failures: dict[int, int] = {}
+        self._fatal = ""  # set when a sample cannot be filled at all
         self._last_client_check = 0.0
         self._last_progress = time.monotonic()
 
@@ -120,8 +129,8 @@ class Daemon:
             self._probe_all()
             good = len(self.manifest) - len(self.quarantine)
             if good == 0:
-                raise StartupError(f"no readable video in {cfg.manifest}: "
-                                   f"{self.errors[-1]['reason'] if self.errors else ''}")
+                last = self.last_error["reason"] if self.last_error else ""
+                raise StartupError(f"no readable video in {cfg.manifest}: {last}")
             self.batches_per_epoch = sampler.batches_per_epoch(len(self.manifest), cfg.batch_size)
             if self.batches_per_epoch < 1:
                 raise StartupError(f"batch size {cfg.batch_size} is larger than the "
@@ -130,15 +139,19 @@ class Daemon:
             layout = RingLayout(cfg.slots, cfg.batch_size, cfg.clip_length, cfg.height,
                                 cfg.width, cfg.dtype)
             self.ring = Ring.create(segment_name(self.name), layout)
+            # Lease ids start at a random base so a release meant for an earlier
+            # daemon of this name can never free one of ours.
             self.sched = Scheduler(cfg.slots, self.batches_per_epoch, cfg.batch_size,
-                                   on_change=self._publish_slot)
+                                   on_change=self._publish_slot,
+                                   first_lease_id=secrets.randbits(48))
             self._ctx = zmq.Context()
             self._control = self._bind(f"ipc://{self._folder / 'control.sock'}")
             self._work = self._bind(self._work_endpoint)
             self._poller = zmq.Poller()
             self._poller.register(self._control, zmq.POLLIN)
             self._poller.register(self._work, zmq.POLLIN)
-            self.pool = WorkerPool(self._work_endpoint, self.ring.name, cfg.workers)
+            self.pool = WorkerPool(self._work_endpoint, self.ring.name, self.ring.ring_id,
+                                   cfg.workers)
         except BaseException:
             self._teardown()
             raise
@@ -160,16 +173,26 @@ class Daemon:
         folder = self._folder = root / paths.check_name(self.name)
         self._work_endpoint = f"ipc://{folder / 'work.sock'}"
         folder.mkdir(mode=0o700, exist_ok=True)
-        self._lock_file = open(folder / "lock", "a+")  # noqa: SIM115 - held for the daemon's life
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "?"
-            self._lock_file.close()
-            self._lock_file = None
-            raise StartupError(f"pipeline {self.name!r} is already served (pid {holder}); "
-                               f"stop it with `vidring stop {self.name}`") from None
+        # The lock sits beside the segment it guards, so two daemons of one name
+        # conflict whatever their XDG_RUNTIME_DIR.
+        self._lock_path = Path(f"/dev/shm/{segment_name(self.name)}.lock")
+        while True:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            lock_file = os.fdopen(fd, "r+")
+            try:
+                fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = lock_file.read().strip() or "?"
+                lock_file.close()
+                raise StartupError(f"pipeline {self.name!r} is already served (pid {holder}); "
+                                   f"stop it with `vidring stop {self.name}`") from None
+            try:
+                if os.stat(self._lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            lock_file.close()  # a stopping daemon unlinked it under us: lock the new file
+        self._lock_file = lock_file
         self._lock_file.truncate(0)
         self._lock_file.write(f"{os.getpid()}\n")
         self._lock_file.flush()
@@ -183,8 +206,9 @@ class Daemon:
             try:
                 self.infos.append(cache.get(row.path))
             except ProbeError as exc:
+                # Not retried: a file that cannot be demuxed now will not decode later.
                 self.infos.append(None)
-                self._record_error(index, f"probe: {exc}")
+                self._record_error(index, f"probe: {exc}", quarantine=True)
         self.frame_counts = np.array([i.frames if i else 1 for i in self.infos], dtype=np.int64)
 
     def _bind(self, endpoint: str) -> zmq.Socket[Any]:
@@ -235,7 +259,7 @@ class Daemon:
         for worker in self.pool.reconcile(self._send_stop):
             self._worker_gone(worker)
         for worker in list(self.pool.workers.values()):
-            if (worker.state == WorkerState.BUSY and worker.task is not None
+            if (worker.task is not None and worker.state != WorkerState.EXITED
                     and now - worker.task_started > self.config.task_timeout_s):
                 task = worker.task
                 worker.task = None
@@ -255,7 +279,7 @@ class Daemon:
         try:
             msg = protocol.decode(data, allowed=protocol.REQUEST_TYPES)
         except protocol.ProtocolError as exc:
-            self._control.send_multipart([identity, protocol.error(0, protocol.E_BAD_MESSAGE, str(exc))])
+            self._reply_error(identity, protocol.peek_id(data), protocol.E_BAD_MESSAGE, str(exc))
             return
         client = self._clients.setdefault(identity, ClientRecord())
         client.last_seen = time.monotonic()
@@ -276,7 +300,9 @@ class Daemon:
         self._control.send_multipart([identity, protocol.error(req_id, code, message)])
 
     def _cmd_hello(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
-        client.pid = msg["client_pid"]
+        # A pid from another pid namespace (a container) cannot be checked here.
+        same_ns = msg.get("pid_ns", 0) in (0, pid_namespace())
+        client.pid = msg["client_pid"] if same_ns else None
         assert self.ring is not None
         return {"pid": os.getpid(), "name": self.name, "segment": self.ring.name,
                 "ring_id": self.ring.ring_id, "batches_per_epoch": self.batches_per_epoch,
@@ -293,25 +319,25 @@ class Daemon:
         slot = self.sched.available(key)
         if slot is not None:
             return self._lease(identity, client, slot)
-        if self.sched.all_leased():
-            self._reply_error(identity, msg.id, protocol.E_RING_EXHAUSTED, self._exhausted_text())
-            return None
-        self._waiting.append(Waiting(identity, msg.id, key))
+        # Even with every slot leased, wait a while: TensorFlow's prefetch buffer
+        # holds batches it has not trained on yet and lets one go every step.
+        self._waiting.append(Waiting(identity, msg.id, key, time.monotonic()))
         return None
 
     def _exhausted_text(self) -> str:
         n = len(self.sched.slots)
-        return (f"the trainer holds all {n} slots of the ring, so no batch can be produced: "
-                "drop references to old batches (or call ds.release) or serve with more --slots")
+        return (f"the trainer holds all {n} slots of the ring and released none for "
+                f"{self.config.exhausted_wait_s:g} s, so no batch can be produced: drop "
+                "references to old batches (or call ds.release) or serve with more --slots")
 
     def _lease(self, identity: bytes, client: ClientRecord, slot: int) -> dict[str, Any]:
         lease_id = self.sched.lease(slot)
         client.leases.add(lease_id)
         self._lease_owner[lease_id] = identity
         rec = self.sched.slots[slot]
-        assert rec.key is not None
+        assert rec.key is not None and self.ring is not None
         return {"slot": slot, "lease_id": lease_id, "epoch": rec.key[0],
-                "plan_batch": rec.key[1], "fill_seq": rec.fill_seq}
+                "plan_batch": rec.key[1], "fill_seq": rec.fill_seq, "ring_id": self.ring.ring_id}
 
     def _cmd_release(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
         for lease_id in msg["lease_ids"]:
@@ -384,8 +410,12 @@ class Daemon:
         while choice.video_index in self.quarantine:
             attempt = choice.attempt + 1
             if attempt > _MAX_REPLACEMENTS:
-                raise RuntimeError(f"no readable stand-in for sample {choice.sample_index} of "
-                                   f"epoch {task.key[0]} after {_MAX_REPLACEMENTS} tries")
+                self._fatal = (f"no readable stand-in for sample {choice.sample_index} of epoch "
+                               f"{task.key[0]} after {_MAX_REPLACEMENTS} tries: "
+                               f"{len(self.quarantine)} of {len(self.manifest)} videos are "
+                               "quarantined")
+                log.error("%s", self._fatal)
+                return
             video = sampler.replacement(len(self.manifest), seed=self.config.seed,
                                         epoch=task.key[0], sample_index=choice.sample_index,
                                         attempt=attempt)
@@ -424,6 +454,7 @@ class Daemon:
             self._last_progress = time.monotonic()
             return
         still: list[Waiting] = []
+        now = time.monotonic()
         exhausted = self.sched.all_leased()
         stalled = self._stall_reason()
         for w in self._waiting:
@@ -432,7 +463,7 @@ class Daemon:
             if slot is not None and client is not None:
                 self._control.send_multipart([w.identity, protocol.reply(
                     w.req_id, **self._lease(w.identity, client, slot))])
-            elif exhausted:
+            elif exhausted and now - w.since > self.config.exhausted_wait_s:
                 self._reply_error(w.identity, w.req_id, protocol.E_RING_EXHAUSTED,
                                   self._exhausted_text())
             elif stalled:
@@ -443,6 +474,8 @@ class Daemon:
 
     def _stall_reason(self) -> str:
         assert self.pool is not None
+        if self._fatal:
+            return self._fatal
         if self.pool.target == 0:
             return "no decoder workers: the pipeline is scaled to 0 (vidring scale NAME N)"
         idle_s = time.monotonic() - self._last_progress
@@ -489,10 +522,8 @@ class Daemon:
         task = worker.task
         worker.task = None
         if task is not None:
-            log.warning("decoder worker %d exited (code %s) holding a clip of %s: re-issuing it",
-                        worker.worker_id, worker.proc.returncode,
-                        self.manifest.rows[task.choice.video_index].path)
-            self._queue(task, front=True)
+            self._task_failed(task, f"decoder worker {worker.worker_id} died (exit code "
+                                    f"{worker.proc.returncode}) while decoding this clip")
 
     def _task_ok(self, task: Task) -> None:
         assert self.ring is not None
@@ -515,15 +546,20 @@ class Daemon:
 
     def _task_failed(self, task: Task, reason: str) -> None:
         video = task.choice.video_index
-        self._record_error(video, reason)
-        self._queue(task, front=True)  # quarantined now, so _queue picks a stand-in
+        self._failures[video] = failures = self._failures.get(video, 0) + 1
+        self._record_error(video, reason, quarantine=failures >= _MAX_FAILURES_PER_VIDEO)
+        # Retried as it is, or, once quarantined, _queue picks a stand-in.
+        self._queue(task, front=True)
 
-    def _record_error(self, video: int, reason: str) -> None:
+    def _record_error(self, video: int, reason: str, *, quarantine: bool) -> None:
         path = str(self.manifest.rows[video].path)
-        self.quarantine[video] = reason
-        self.errors.append({"path": path, "video_index": video, "reason": reason,
-                            "time": time.time()})
-        log.warning("quarantined %s: %s", path, reason)
+        self.error_count += 1
+        self.last_error = {"path": path, "reason": reason}
+        if quarantine:
+            self.quarantine[video] = reason
+            log.warning("quarantined %s: %s", path, reason)
+        else:
+            log.warning("retrying %s: %s", path, reason)
 
     def _publish_slot(self, slot: int, rec: SlotRecord) -> None:
         assert self.ring is not None
@@ -539,7 +575,6 @@ class Daemon:
         while self._done_times and now - self._done_times[0] > _RATE_WINDOW_S:
             self._done_times.popleft()
         window_s = min(_RATE_WINDOW_S, max(now - self._mono_start, 1e-3))
-        last = self.errors[-1] if self.errors else None
         return {
             "version": STATUS_VERSION,
             "name": self.name,
@@ -555,8 +590,8 @@ class Daemon:
             "clips_per_s": round(len(self._done_times) / window_s, 2),
             "clips_total": self.clips_total,
             "errors": {
-                "count": len(self.errors),
-                "last": None if last is None else {"path": last["path"], "reason": last["reason"]},
+                "count": self.error_count,
+                "last": self.last_error,
                 "quarantined": [{"path": str(self.manifest.rows[v].path), "reason": r}
                                 for v, r in sorted(self.quarantine.items())],
                 "replaced_samples": self.replaced_total,
@@ -583,9 +618,11 @@ class Daemon:
             except zmq.ZMQError:
                 pass
         self._waiting = []
-        if self.pool is not None:
-            self.pool.shutdown(self._send_stop, STOP_GRACE_S)
-        self._teardown()
+        try:
+            if self.pool is not None:
+                self.pool.shutdown(self._send_stop, STOP_GRACE_S)
+        finally:
+            self._teardown()
         log.info("stopped %r", self.name)
 
     def _teardown(self) -> None:
@@ -598,8 +635,9 @@ class Daemon:
             self.ring = None
         if self._lock_file is not None:
             folder = self._folder
-            for stale in ("control.sock", "work.sock", "lock"):
+            for stale in ("control.sock", "work.sock"):
                 (folder / stale).unlink(missing_ok=True)
+            self._lock_path.unlink(missing_ok=True)
             try:
                 folder.rmdir()
             except OSError:

@@ -35,7 +35,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(endpoint: str, segment: str, worker_id: int, parent_pid: int) -> int:
+def run(endpoint: str, segment: str, ring_id: int, worker_id: int, parent_pid: int) -> int:
     _die_with_parent()
     # Ctrl-C in the daemon's terminal reaches the whole process group; the
     # daemon decides when workers stop.
@@ -43,6 +43,10 @@ def run(endpoint: str, segment: str, worker_id: int, parent_pid: int) -> int:
     if os.getppid() != parent_pid:
         return 0
     ring = Ring.attach(segment, writable=True)
+    if ring.ring_id != ring_id:
+        # Another daemon replaced the segment of this name: never write into its ring.
+        ring.close()
+        return 1
     lay = ring.layout
     decoder = ClipDecoder(lay.height, lay.width)
     ctx = zmq.Context()
@@ -89,10 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vidring-worker")
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--segment", required=True)
+    parser.add_argument("--ring-id", type=int, required=True)
     parser.add_argument("--worker-id", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    return run(args.endpoint, args.segment, args.worker_id, args.parent_pid)
+    return run(args.endpoint, args.segment, args.ring_id, args.worker_id, args.parent_pid)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from vidring.loader import paths, protocol
 PING_INTERVAL_S = 0.5
 # The daemon drops a silent client's leases only after this; see server.py.
 HEARTBEAT_INTERVAL_S = 1.0
+# While waiting, wake this often to send releases queued by other threads.
+_SLICE_S = 0.05
 
 
 class VidringError(Exception):
@@ -79,7 +81,7 @@ class Client:
     # -- public -----------------------------------------------------------
 
     def hello(self) -> dict[str, Any]:
-        info = self.request("hello", client_pid=os.getpid())
+        info = self.request("hello", client_pid=os.getpid(), pid_ns=pid_namespace())
         self.daemon_pid = info.get("pid")
         if self._heartbeat is not None and not self._heartbeat.is_alive():
             self._heartbeat.start()
@@ -128,6 +130,7 @@ class Client:
     def _roundtrip(self, type_: str, fields: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
             raise DaemonUnavailable(f"pipeline {self.name!r}: client is closed")
+        protocol.check(type_, **fields)  # a bad request fails here, not as a silent wait
         req_id = next(self._ids)
         self._send(protocol.encode(type_, req_id, **fields))
         last_heard = time.monotonic()
@@ -139,11 +142,14 @@ class Client:
                     f"pipeline {self.name!r}: daemon did not answer {type_!r} "
                     f"within {self.timeout_s:g} s"
                 )
-            wait_s = max(0.0, min(next_ping, last_heard + self.timeout_s) - now)
+            # Releases queued by other threads while we wait must still go out:
+            # the batch we wait for may need exactly that slot.
+            self._flush_releases()
+            wait_s = max(0.0, min(next_ping, last_heard + self.timeout_s, now + _SLICE_S) - now)
             if self._sock.poll(int(wait_s * 1000) + 1, zmq.POLLIN):
                 msg = protocol.decode(self._sock.recv())
                 last_heard = time.monotonic()
-                if msg.id == req_id:
+                if msg.id == req_id or (msg.type == "error" and msg.id == 0):
                     if msg.type == "error":
                         raise _error_for(self.name, msg["code"], msg["message"])
                     return msg.fields
@@ -205,7 +211,15 @@ def pid_alive(pid: int) -> bool:
     """True unless the process is gone or a zombie."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, ValueError):
         return False
     except psutil.Error:
         return True
+
+
+def pid_namespace() -> int:
+    """Inode of this process's pid namespace: pids mean the same only within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0

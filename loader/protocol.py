@@ -38,7 +38,7 @@ _DICT = (dict,)
 # type -> {field: (accepted python types, required)}
 _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     # trainer / CLI -> daemon
-    "hello": {"client_pid": (_INT, True)},
+    "hello": {"client_pid": (_INT, True), "pid_ns": (_INT, False)},
     "get_batch": {"epoch": (_INT, True), "index": (_INT, True)},
     "release": {"lease_ids": (_LIST, True)},
     "heartbeat": {},
@@ -106,6 +106,22 @@ def error(id_: int, code: str, message: str) -> bytes:
     return encode("error", id_, code=code, message=message)
 
 
+def peek_id(data: bytes) -> int:
+    """The request id of a frame that failed validation, so its error reply reaches the
+    request that sent it; 0 when there is none."""
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return 0
+    id_ = body.get("id") if isinstance(body, dict) else None
+    return id_ if _is(id_, _INT) and 0 <= id_ < _INT32_LIMIT * 2**32 else 0
+
+
+def check(type_: str, **fields: Any) -> None:
+    """Validate an outgoing request here, so a bad one fails at once in the caller."""
+    decode(encode(type_, 0, **fields))
+
+
 def decode(data: bytes, *, allowed: frozenset[str] | None = None) -> Message:
     """Parse and validate one frame; raise ProtocolError naming what is wrong."""
     if len(data) > MAX_MESSAGE_BYTES:
@@ -151,12 +167,20 @@ def _is(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types)
 
 
+_INT32_LIMIT = 2**31
+_PID_LIMIT = 2**22  # Linux's largest pid_max
+
+
 def _check_lists(type_: str, body: dict[str, Any]) -> None:
     for name in ("lease_ids", "frame_pts"):
         items = body.get(name)
         if items is not None and not all(_is(v, _INT) for v in items):
             raise ProtocolError(f"{type_}: field {name!r} must be a list of ints")
-    if type_ == "get_batch" and (body["epoch"] < 0 or body["index"] < 0):
-        raise ProtocolError("get_batch: 'epoch' and 'index' must be >= 0")
+    if type_ == "get_batch":
+        for name in ("epoch", "index"):
+            if not 0 <= body[name] < _INT32_LIMIT:
+                raise ProtocolError(f"get_batch: {name!r} must be in 0..2**31-1, got {body[name]}")
+    if type_ == "hello" and not 0 < body["client_pid"] < _PID_LIMIT:
+        raise ProtocolError(f"hello: 'client_pid' {body['client_pid']} is not a pid")
     if type_ == "scale" and not 0 <= body["workers"] <= 1024:
         raise ProtocolError("scale: 'workers' must be between 0 and 1024")

@@ -190,6 +190,7 @@ class Ring:
         self.ring_id = ring_id
         self.owner = owner
         self._fd = fd
+        self._inode = os.fstat(fd).st_ino
         self._mm: mmap.mmap | None = mm
 
     # -- life cycle -------------------------------------------------------
@@ -283,6 +284,12 @@ class Ring:
         os.close(self._fd)
 
     def unlink(self) -> None:
+        """Remove the segment's name, unless it now names another ring (a newer daemon's)."""
+        try:
+            if os.stat(f"/dev/shm/{self.name}").st_ino != self._inode:
+                return
+        except FileNotFoundError:
+            return
         unlink(self.name)
 
     def __enter__(self) -> Ring:

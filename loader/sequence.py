@@ -23,7 +23,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from vidring.loader.client import Client, VidringError
+from vidring.loader.client import Client, DaemonUnavailable, VidringError
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
 
 
@@ -53,10 +53,15 @@ class ClipDataset(keras.utils.PyDataset):
 
     def __init__(self, name: str, timeout_s: float = 10.0, *, epoch: int = 0,
                  **kwargs: Any) -> None:
+        if kwargs.get("use_multiprocessing"):
+            # Batches already come from worker processes; a forked copy of this
+            # object would share one ZeroMQ socket across processes.
+            raise ValueError("ClipDataset: use_multiprocessing=True is not supported (and not "
+                             "needed: the daemon's workers decode in parallel)")
         super().__init__(**kwargs)
         self.name = name
-        self.epoch = int(epoch)
-        self._in_epoch = False
+        self._ever_begun = False
+        self.set_epoch(epoch)
         self._client = Client(name, timeout_s=timeout_s)
         try:
             self.info = self._client.hello()
@@ -80,22 +85,27 @@ class ClipDataset(keras.utils.PyDataset):
 
     def on_epoch_begin(self) -> None:
         self._in_epoch = True
+        self._ever_begun = True
 
     def on_epoch_end(self) -> None:
-        # Keras's fit() calls on_epoch_end once before the first epoch (its
-        # iterator's reset(), right after ds[0] and ds[1] were read for tensor
-        # specs) with no on_epoch_begin before it.  Only an end that closes a
-        # begun epoch moves on, so fit's first epoch is epoch 0 and the
-        # spec-inference batches are the same plan batches it trains on.
-        if self._in_epoch:
-            self._in_epoch = False
-            self.epoch += 1
+        # Keras calls on_epoch_end before fit's first epoch too: its iterator's
+        # reset() after reading ds[0], ds[1] for tensor specs (no begin before
+        # it), or after a distribution strategy's symbolic build pulled a batch
+        # (begin, one batch, end).  So the epoch moves on only once every index
+        # of it was asked for, at an end closing a begun epoch (or in manual use,
+        # where begin is never called).  With steps_per_epoch < len(ds) one plan
+        # epoch then spans several Keras epochs, each plan batch still once.
+        closes = self._in_epoch or not self._ever_begun
+        self._in_epoch = False
+        if closes and len(self._requested) >= len(self):
+            self.set_epoch(self.epoch + 1)
 
     def set_epoch(self, epoch: int) -> None:
         """Serve `epoch` next (resuming, or driving epochs by hand)."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**31:
+            raise ValueError(f"epoch must be an int in 0..2**31-1, got {epoch!r}")
         self.epoch = int(epoch)
+        self._requested: set[int] = set()
         self._in_epoch = False
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -117,7 +127,12 @@ class ClipDataset(keras.utils.PyDataset):
             raise IndexError(f"batch index {index} out of range for {n} batches per epoch")
         lease = self._client.request("get_batch", epoch=self.epoch, index=int(index))
         slot, lease_id = lease["slot"], lease["lease_id"]
+        self._requested.add(int(index))
         try:
+            if lease.get("ring_id") != self._ring.ring_id:
+                raise DaemonUnavailable(
+                    f"pipeline {self.name!r} was restarted (a new ring); create a new "
+                    "ClipDataset to attach to it")
             state, epoch, plan_batch, fill_seq = self._ring.slot_state(slot)
             if (state != SlotState.LEASED or epoch != lease["epoch"]
                     or plan_batch != lease["plan_batch"] or fill_seq != lease["fill_seq"]):
@@ -151,7 +166,11 @@ class ClipDataset(keras.utils.PyDataset):
         return self._client.request("status")
 
     def close(self) -> None:
-        """Release every lease and disconnect; arrays already returned stay readable."""
+        """Release every lease and disconnect.
+
+        Arrays already returned stay mapped (no crash on access), but their slots
+        go back to the daemon, which refills them: do not read them after close().
+        """
         self._client.close()
         self._ring.close()
 

@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 
+from vidring.daemon.decode import INTERPOLATION
 from vidring.daemon.demo import write_video
 from vidring.daemon.launch import start_daemon, stop_daemon
 from vidring.loader import Client, paths
@@ -72,10 +73,11 @@ def manifest(video_dir: Path) -> Path:
 
 
 def reference_decode(path: str | Path, height: int, width: int) -> np.ndarray:
-    """Every frame of `path`, decoded sequentially from the start and resized like vidring."""
+    """Every frame of `path`, decoded sequentially from the start by plain PyAV, and resized
+    with the same swscale filter (a fresh reformatter, default threads)."""
     with av.open(str(path)) as container:
         frames = [f.reformat(width=width, height=height, format="rgb24",
-                             interpolation="BILINEAR").to_ndarray()
+                             interpolation=INTERPOLATION).to_ndarray()
                   for f in container.decode(video=0)]
     return np.stack(frames)
 

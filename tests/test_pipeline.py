@@ -163,33 +163,83 @@ def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
         daemons: Daemons, video_dir: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(os.urandom(4096))
+    missing = tmp_path / "missing.mp4"
     vanishing = tmp_path / "vanishing.mp4"
     vanishing.write_bytes((video_dir / "v07.mp4").read_bytes())
-    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i}" for i in range(N_VIDEOS - 3)]
-    rows += [f"{corrupt},100", f"{tmp_path / 'missing.mp4'},101", f"{vanishing},102"]
+    good = 9
+    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i}" for i in range(good)]
+    rows += [f"{corrupt},100", f"{missing},101", f"{vanishing},102"]
     bad_manifest = tmp_path / "m.csv"
-    bad_manifest.write_text("\n".join(rows) + "\n")
+    bad_manifest.write_text("\n".join(rows) + "\n")  # 12 rows: every row in every epoch
     name = daemons.start(bad_manifest, workers=2, slots=2, seed=1)
     vanishing.unlink()  # probed at start, gone when a worker opens it
     with ClipDataset(name) as ds:
-        replaced = 0
-        for _ in range(2):
+        for epoch in range(2):
+            replaced = 0
             for i in range(len(ds)):
                 b = ds.batch(i)
                 assert b.x.shape == (4, CLIP, *SIZE, 3)
-                assert set(b.y.tolist()) <= set(range(N_VIDEOS - 3))
+                assert set(b.y.tolist()) <= set(range(good))
                 replaced += int(b.provenance["replaced"].sum())
-            ds.set_epoch(ds.epoch + 1)
+                assert set(b.provenance["planned_index"][b.provenance["replaced"] == 1]) <= {
+                    9, 10, 11}
+            assert replaced == 3, f"epoch {epoch}: each bad file's sample replaced"
+            ds.set_epoch(epoch + 1)
         st = ds.status()
-    assert replaced >= 2  # corrupt and missing each sit in every epoch
-    errors = st["errors"]
-    paths_named = {q["path"] for q in errors["quarantined"]}
-    assert {str(corrupt), str(tmp_path / "missing.mp4")} <= paths_named
-    assert errors["count"] >= 2
-    reasons = " ".join(q["reason"] for q in errors["quarantined"])
-    assert "No such file" in reasons
-    if str(vanishing) in paths_named:  # drawn into the two epochs: a worker-side failure
-        assert "in decoder worker" in reasons
+    quarantined = {q["path"]: q["reason"] for q in st["errors"]["quarantined"]}
+    assert set(quarantined) == {str(corrupt), str(missing), str(vanishing)}
+    assert "No such file" in quarantined[str(missing)]
+    assert quarantined[str(corrupt)].startswith("probe:")
+    assert "in decoder worker" in quarantined[str(vanishing)]  # retried once, then quarantined
+    assert st["errors"]["count"] == 4
+    assert st["errors"]["replaced_samples"] >= 6
+
+
+def test_a_killed_worker_is_respawned_and_its_clip_reissued(daemons: Daemons,
+                                                             manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=2, slots=2, seed=4)
+    with ClipDataset(name) as ds:
+        labels: list[int] = []
+        for i in range(len(ds)):
+            labels += ds[i][1].tolist()
+            if i in (1, 4):
+                os.kill(daemons.workers(name)[0].pid, signal.SIGKILL)
+        assert sorted(labels) == list(range(N_VIDEOS))
+    wait_until(lambda: status(name)["workers"]["alive"] == 2, 30, "workers respawned")
+    assert status(name)["workers"]["restarts"] == 2
+
+
+def test_epoch_moves_on_only_after_a_whole_epoch(main_pipeline: str) -> None:
+    with ClipDataset(main_pipeline) as ds:
+        ds[0], ds[1]
+        ds.on_epoch_end()  # fit's reset() after spec inference
+        assert ds.epoch == 0
+        ds.on_epoch_begin()
+        ds[3]
+        ds.on_epoch_end()  # a distribution strategy's symbolic build
+        assert ds.epoch == 0
+        ds.on_epoch_begin()
+        for i in range(len(ds)):
+            ds[i]
+        ds.on_epoch_end()
+        assert ds.epoch == 1
+        for _ in ds:
+            pass
+        assert ds.epoch == 2
+    with pytest.raises(ValueError, match="use_multiprocessing"):
+        ClipDataset(main_pipeline, use_multiprocessing=True)
+
+
+def test_a_restarted_daemon_is_detected(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    ds = ClipDataset(name, timeout_s=5)
+    assert ds[0][0].shape[0] == 4
+    daemons.stop(name)
+    daemons.start(manifest, name=name, workers=1, slots=2)
+    with pytest.raises(DaemonUnavailable, match="restarted|exited"):
+        ds[1]
+    ds.close()
+    wait_until(lambda: status(name)["slots"]["leased"] == 0, 10, "the stale lease released")
 
 
 def test_trainer_exit_keeps_the_segment_and_frees_its_leases(main_pipeline: str) -> None:
@@ -212,7 +262,8 @@ def test_trainer_exit_keeps_the_segment_and_frees_its_leases(main_pipeline: str)
 
 
 def test_holding_every_slot_is_a_clear_error(daemons: Daemons, manifest: Path) -> None:
-    name = daemons.start(manifest, batch_size=2, workers=1, slots=2)
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2,
+                         extra=["--exhausted-wait-s", "1"])
     with ClipDataset(name) as ds:
         held = [ds.batch(0), ds.batch(1)]
         with pytest.raises(RingExhausted, match="holds all 2 slots"):
@@ -262,6 +313,9 @@ def test_bad_messages_get_errors_and_the_daemon_keeps_serving(main_pipeline: str
         sock.send(protocol.encode("get_batch", 1, epoch=0, index=10**6))
         assert sock.poll(5000)
         assert protocol.decode(sock.recv())["code"] == protocol.E_BAD_REQUEST
+        sock.send(b'{"v": 1, "type": "scale", "id": 42, "workers": -1}')
+        assert sock.poll(5000)
+        assert protocol.decode(sock.recv()).id == 42  # the error reaches its request
     finally:
         sock.close()
         ctx.term()
@@ -274,6 +328,8 @@ def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
     assert plain.returncode == 0 and "queue" in plain.stdout and "workers" in plain.stdout
     listed = _cli("ls")
     assert name in listed.stdout
+    bad = _cli("scale", name, "5000")  # refused before it is sent, not a silent wait
+    assert bad.returncode != 0 and "between 0 and 1024" in bad.stderr
     workers = daemons.workers(name)
     assert len(workers) == 1
     folder = paths.runtime_dir(name)

@@ -31,7 +31,11 @@ def test_reply_envelope_carries_handler_fields() -> None:
          "field 'epoch' must be int"),
         (json.dumps({"v": 1, "type": "get_batch", "epoch": True, "index": 0}).encode(),
          "field 'epoch' must be int"),
-        (json.dumps({"v": 1, "type": "get_batch", "epoch": -1, "index": 0}).encode(), ">= 0"),
+        (json.dumps({"v": 1, "type": "get_batch", "epoch": -1, "index": 0}).encode(),
+         r"'epoch' must be in 0..2\*\*31-1"),
+        (json.dumps({"v": 1, "type": "get_batch", "epoch": 2**63, "index": 0}).encode(),
+         r"'epoch' must be in 0..2\*\*31-1"),
+        (json.dumps({"v": 1, "type": "hello", "client_pid": -1}).encode(), "is not a pid"),
         (json.dumps({"v": 1, "type": "ping", "extra": 1}).encode(), "unknown field 'extra'"),
         (json.dumps({"v": 1, "type": "release", "lease_ids": ["a"]}).encode(), "list of ints"),
         (json.dumps({"v": 1, "type": "scale", "workers": 5000}).encode(), "between 0 and 1024"),
@@ -47,6 +51,17 @@ def test_allowed_types_are_enforced() -> None:
     data = protocol.encode("stop")
     with pytest.raises(protocol.ProtocolError, match="not accepted here"):
         protocol.decode(data, allowed=protocol.WORKER_TYPES)
+
+
+def test_peek_id_finds_the_id_of_an_invalid_request() -> None:
+    assert protocol.peek_id(b'{"v": 1, "type": "scale", "id": 42, "workers": -1}') == 42
+    assert protocol.peek_id(b"garbage") == 0
+    assert protocol.peek_id(b'{"id": "7"}') == 0
+
+
+def test_check_refuses_a_bad_outgoing_request() -> None:
+    with pytest.raises(protocol.ProtocolError, match="between 0 and 1024"):
+        protocol.check("scale", workers=5000)
 
 
 def test_encode_refuses_unknown_type() -> None:
