@@ -6,12 +6,12 @@ Corpus: 640x360 H.264, 10 s at 30 fps, GOP 250 (benchmarks/corpus.py, cached). B
   keras-mp        the same PyDataset through Keras's enqueuer, multiprocessing, N workers
   pyav-straight   a straightforward single-process PyAV reader
   vidring         the vidring daemon with N decoder workers, read through ClipDataset
-The first three decode one fixed list of random clips; vidring draws its own random starts
-from its seed (one clip per manifest row), so it gets the same corpus and clip shape only.
+Every loader decodes the same clips: the ones vidring's epoch plan (a pure function of the
+manifest and seed) puts in the timed batches, i.e. random videos at uniformly random starts.
 CPU counts this process and all its descendants (Keras pool workers, the daemon and its
 workers); a process that exits inside a timed window loses its share.
 
-    python benchmarks/throughput.py [--videos 12] [--clips 160] [--workers N]
+    python benchmarks/throughput.py [--videos 12] [--clips 320] [--workers N]
                                     [--corpus-dir D] [--loaders a,b] [--json out.json]
 """
 
@@ -27,13 +27,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import psutil
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 
 from corpus import DEFAULT_CORPUS_DIR, label_of, make_corpus, write_manifest
 from naive import ClipRef, NaiveOpenCVSequence, PyAVStraightforwardReader
+from vidring.daemon import sampler
+from vidring.daemon.probe import probe
 from vidring_daemon import indices_across_epochs, serving
 
 BATCH_SIZE = 8
@@ -41,6 +42,9 @@ CLIP_LENGTH = 16
 WIDTH = HEIGHT = 112
 LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring")
 VIDRING_SLOTS = 8
+# Draining more batches than the ring holds leaves it empty, so vidring's timed window sees
+# only batches decoded inside it, not ones prefetched while the benchmark connected.
+VIDRING_WARMUP_BATCHES = VIDRING_SLOTS + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +95,19 @@ def _tree_cpu_s() -> dict[tuple[int, float], float]:
     return cpu_by_process
 
 
-def draw_clip_batches(videos: list[str], n_batches: int, seed: int) -> list[list[ClipRef]]:
-    """Uniformly random video, uniformly random start among those that fit a whole clip."""
-    rng = np.random.default_rng(seed)
-    frame_counts = [_frame_count(path) for path in videos]
-    batches = []
-    for _ in range(n_batches):
-        batch = []
-        for _ in range(BATCH_SIZE):
-            video_index = int(rng.integers(len(videos)))
-            start_frame = int(rng.integers(frame_counts[video_index] - CLIP_LENGTH + 1))
-            batch.append((videos[video_index], start_frame))
-        batches.append(batch)
-    return batches
-
-
-def _frame_count(path: str) -> int:
-    with av.open(path) as container:
-        return container.streams.video[0].frames
+def vidring_plan(videos: list[str], n_rows: int, seed: int,
+                 batches: range) -> list[list[ClipRef]]:
+    """The clips vidring's epoch plan puts in `batches` of epoch 0 for a manifest that lists
+    `videos` cyclically in `n_rows` rows: the plan is a pure function, so every loader can
+    decode exactly the clips vidring decodes."""
+    frames = [probe(path).frames for path in videos]
+    rows = [videos[i % len(videos)] for i in range(n_rows)]
+    frame_counts = np.array([frames[i % len(videos)] for i in range(n_rows)], dtype=np.int64)
+    return [[(rows[c.video_index], c.start_frame)
+             for c in sampler.plan_batch(frame_counts, seed=seed, epoch=0, batch=b,
+                                         batch_size=BATCH_SIZE, clip_length=CLIP_LENGTH,
+                                         stride=1)]
+            for b in batches]
 
 
 def run_naive(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
@@ -162,20 +161,17 @@ def run_pyav(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
     return Result("pyav-straight", clips, wall_s, cpu_s)
 
 
-def run_vidring(videos: list[str], n_batches: int, workers: int, seed: int) -> Result:
-    # Draining more batches than the ring holds leaves it empty, so the timed window sees
-    # only batches decoded inside it, not ones prefetched while we connected.
-    warmup_batches = VIDRING_SLOTS + 1
+def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
+                seed: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="vidring-bench-") as scratch:
-        # One clip per manifest row per epoch: repeat the videos so one epoch covers the run.
         manifest_path = write_manifest([Path(v) for v in videos], Path(scratch) / "manifest.csv",
-                                       n_rows=BATCH_SIZE * (warmup_batches + n_batches + 1))
+                                       n_rows=n_rows)
         with serving(manifest_path, f"bench-throughput-{os.getpid()}", batch_size=BATCH_SIZE,
                      clip_length=CLIP_LENGTH, width=WIDTH, height=HEIGHT, workers=workers,
                      slots=VIDRING_SLOTS, seed=seed,
                      log_path=Path(scratch) / "daemon.log") as dataset:
             indices = indices_across_epochs(dataset)
-            for _ in range(warmup_batches):
+            for _ in range(VIDRING_WARMUP_BATCHES):
                 x, y = dataset[next(indices)]
                 del x, y
             watch = Stopwatch()
@@ -186,8 +182,7 @@ def run_vidring(videos: list[str], n_batches: int, workers: int, seed: int) -> R
                 clips += len(x)
                 del x, y
             wall_s, cpu_s = watch.stop()
-    return Result("vidring", clips, wall_s, cpu_s, f"{workers} workers; own random starts "
-                  f"(seed {seed}), manifest rows cycle the videos")
+    return Result("vidring", clips, wall_s, cpu_s, f"{workers} workers")
 
 
 def _dropped_note(clips: int, clips_asked: int) -> str:
@@ -211,7 +206,7 @@ def print_table(results: list[Result]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=12)
-    parser.add_argument("--clips", type=int, default=160,
+    parser.add_argument("--clips", type=int, default=320,
                         help="clips per loader, rounded up to whole batches of 8")
     parser.add_argument("--workers", type=int, default=os.cpu_count(),
                         help="Keras pool processes and vidring decoder workers")
@@ -231,7 +226,12 @@ def main() -> None:
     videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, seconds=args.seconds)]
     labels = label_of(videos)
     n_batches = -(-args.clips // BATCH_SIZE)
-    warmup, *batches = draw_clip_batches(videos, 1 + n_batches, args.seed)
+    # One clip per manifest row per epoch: list the videos cyclically so that one epoch
+    # covers vidring's warm-up and timed batches.
+    n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
+    warmup, *batches = vidring_plan(
+        videos, n_rows, args.seed,
+        range(VIDRING_WARMUP_BATCHES - 1, VIDRING_WARMUP_BATCHES + n_batches))
     print(f"corpus: {len(videos)} videos 640x360, {args.seconds:g} s at 30 fps, GOP 250; "
           f"{n_batches} batches of {BATCH_SIZE}x{CLIP_LENGTH}x{HEIGHT}x{WIDTH}x3 uint8 per loader")
 
@@ -239,7 +239,7 @@ def main() -> None:
         "naive-opencv": lambda: run_naive([warmup], batches, labels),
         "keras-mp": lambda: run_keras_mp([warmup], batches, labels, args.workers),
         "pyav-straight": lambda: run_pyav([warmup], batches, labels),
-        "vidring": lambda: run_vidring(videos, n_batches, args.workers, args.seed),
+        "vidring": lambda: run_vidring(videos, n_rows, n_batches, args.workers, args.seed),
     }
     results = []
     for name in loaders:

@@ -113,7 +113,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not rows:
         print("no pipelines running")
         return EXIT_OK
-    print(f"{'NAME':20} {'PID':>8} {'EPOCH':>6} {'READY':>7} {'WORKERS':>8} {'CLIPS/S':>8} {'ERRORS':>6}")
+    print(f"{'NAME':20} {'PID':>8} {'EPOCH':>6} {'READY':>7} {'WORKERS':>8} {'CLIPS/S':>8} "
+          f"{'ERRORS':>6}")
     for st in rows:
         print(f"{st['name']:20} {st['pid']:>8} {st['epoch']:>6} "
               f"{st['slots']['ready']:>3}/{st['slots']['total']:<3} "

@@ -104,7 +104,8 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
         make_dataset(root / "val", max(8, videos // 8), seed=2)
         print(f"made {videos} training and {2 * max(8, videos // 8)} validation videos "
               f"in {time.perf_counter() - started:.1f} s under {root}")
-        common = ["--log-level", os.environ.get("VIDRING_DEMO_LOG", "info"), "--clip-length", "8", "--size", "32x32", "--dtype", "float32", "--seed", "0",
+        common = ["--log-level", os.environ.get("VIDRING_DEMO_LOG", "info"),
+                  "--clip-length", "8", "--size", "32x32", "--dtype", "float32", "--seed", "0",
                   "--probe-cache", str(root / "probe-cache")]
         procs[f"{tag}-train"] = start_daemon(f"{tag}-train", [
             "--manifest", str(root / "train"), "--batch-size", "8", "--workers", str(workers),
@@ -134,7 +135,8 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
         train.close()
         val.close()
         acc = history.history["val_accuracy"][-1]
-        print(f"trained {epochs} epochs: {clips} clips in {fit_s:.1f} s = {clips / fit_s:.0f} clips/s "
+        print(f"trained {epochs} epochs: {clips} clips in {fit_s:.1f} s = "
+              f"{clips / fit_s:.0f} clips/s "
               f"into model.fit (daemon total {st['clips_total']} clips, "
               f"queue depth {st['slots']['ready']}/{st['slots']['total']})")
         print(f"validation accuracy {acc:.2f}")

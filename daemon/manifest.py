@@ -13,7 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
 
 
 class ManifestError(ValueError):
@@ -61,7 +62,8 @@ def _label(text: object, where: str) -> int:
         try:
             value = int(str(text).strip())
         except ValueError:
-            raise ManifestError(f"{where}: field 'label' must be an integer, got {text!r}") from None
+            raise ManifestError(
+                f"{where}: field 'label' must be an integer, got {text!r}") from None
     if not -(2**31) <= value < 2**31:
         raise ManifestError(f"{where}: field 'label' {value} does not fit in int32")
     return value
@@ -105,7 +107,8 @@ def _from_jsonl(src: Path) -> Manifest:
             for key in ("path", "label"):
                 if key not in obj:
                     raise ManifestError(f"{where}: missing field {key!r}")
-            rows.append(VideoRow(_path(obj["path"], src.parent, where), _label(obj["label"], where)))
+            path = _path(obj["path"], src.parent, where)
+            rows.append(VideoRow(path, _label(obj["label"], where)))
     return Manifest(src, tuple(rows))
 
 

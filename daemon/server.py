@@ -47,6 +47,8 @@ from vidring.loader.client import pid_alive, pid_namespace
 from vidring.loader.ring import Ring, RingLayout, segment_name
 
 log = logging.getLogger("vidring.daemon")
+Message = protocol.Message
+Reply = dict[str, Any] | None  # a handler's reply fields; None: no reply (yet)
 
 STATUS_VERSION = 1
 _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
@@ -299,7 +301,7 @@ class Daemon:
     def _reply_error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
         self._control.send_multipart([identity, protocol.error(req_id, code, message)])
 
-    def _cmd_hello(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+    def _cmd_hello(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         # A pid from another pid namespace (a container) cannot be checked here.
         same_ns = msg.get("pid_ns", 0) in (0, pid_namespace())
         client.pid = msg["client_pid"] if same_ns else None
@@ -309,7 +311,7 @@ class Daemon:
                 "batch_shape": list(self.ring.layout.x_shape), "dtype": self.config.dtype,
                 "epoch": self.sched.consumer_epoch, "classes": self.manifest.classes}
 
-    def _cmd_get_batch(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any] | None:
+    def _cmd_get_batch(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         try:
             key = self.sched.assign(msg["epoch"], msg["index"])
         except IndexError as exc:
@@ -339,7 +341,7 @@ class Daemon:
         return {"slot": slot, "lease_id": lease_id, "epoch": rec.key[0],
                 "plan_batch": rec.key[1], "fill_seq": rec.fill_seq, "ring_id": self.ring.ring_id}
 
-    def _cmd_release(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+    def _cmd_release(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         for lease_id in msg["lease_ids"]:
             if self._lease_owner.get(lease_id) == identity:
                 self._drop_lease(lease_id)
@@ -350,26 +352,26 @@ class Daemon:
             self._clients[identity].leases.discard(lease_id)
         self.sched.release(lease_id)
 
-    def _cmd_heartbeat(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+    def _cmd_heartbeat(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         return None
 
-    def _cmd_ping(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+    def _cmd_ping(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         return {}
 
-    def _cmd_bye(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> None:
+    def _cmd_bye(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         self._forget_client(identity)
 
-    def _cmd_status(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+    def _cmd_status(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         return self.status()
 
-    def _cmd_scale(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+    def _cmd_scale(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         assert self.pool is not None
         before = self.pool.target
         self.pool.target = msg["workers"]
         log.info("scale: %d -> %d workers", before, self.pool.target)
         return {"workers": {"target": self.pool.target, "previous": before}}
 
-    def _cmd_stop(self, identity: bytes, client: ClientRecord, msg: protocol.Message) -> dict[str, Any]:
+    def _cmd_stop(self, identity: bytes, client: ClientRecord, msg: Message) -> Reply:
         log.info("stop requested")
         self._stopping = True
         return {"stopping": True}
@@ -389,7 +391,8 @@ class Daemon:
             if gone or idle or silent_s > self.config.lease_timeout_s:
                 if client.leases:
                     log.info("client pid %s %s: releasing %d leases", client.pid,
-                             "exited" if gone else f"silent for {silent_s:.0f} s", len(client.leases))
+                             "exited" if gone else f"silent for {silent_s:.0f} s",
+                             len(client.leases))
                 self._forget_client(identity)
 
     # -- filling ----------------------------------------------------------------
@@ -572,6 +575,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         assert self.pool is not None and self.ring is not None
         now = time.monotonic()
+        workers = self.pool.workers.values()
         while self._done_times and now - self._done_times[0] > _RATE_WINDOW_S:
             self._done_times.popleft()
         window_s = min(_RATE_WINDOW_S, max(now - self._mono_start, 1e-3))
@@ -585,7 +589,7 @@ class Daemon:
             "dtype": self.config.dtype,
             "slots": self.sched.counts(),
             "workers": {"target": self.pool.target, "alive": self.pool.alive(),
-                        "busy": sum(w.state == WorkerState.BUSY for w in self.pool.workers.values()),
+                        "busy": sum(w.state == WorkerState.BUSY for w in workers),
                         "restarts": self.pool.died_total},
             "clips_per_s": round(len(self._done_times) / window_s, 2),
             "clips_total": self.clips_total,

@@ -134,7 +134,8 @@ def decode(data: bytes, *, allowed: frozenset[str] | None = None) -> Message:
         raise ProtocolError("message is not a JSON object")
     version = body.pop("v", None)
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(f"field 'v': expected protocol version {PROTOCOL_VERSION}, got {version!r}")
+        raise ProtocolError(
+            f"field 'v': expected protocol version {PROTOCOL_VERSION}, got {version!r}")
     type_ = body.pop("type", None)
     if not isinstance(type_, str) or type_ not in _SCHEMAS:
         raise ProtocolError(f"field 'type': unknown message type {type_!r}")

@@ -101,7 +101,8 @@ class RingLayout:
         if self.slot_count > MAX_SLOTS:
             raise ValueError(f"ring layout: slot_count {self.slot_count} exceeds {MAX_SLOTS}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"ring layout: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ValueError(
+                f"ring layout: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def x_shape(self) -> tuple[int, int, int, int, int]:
@@ -172,7 +173,8 @@ def views_of(buffer: object, base_offset: int, layout: RingLayout) -> SlotViews:
         buffer, dtype=layout.np_dtype, count=int(np.prod(layout.x_shape)),
         offset=base_offset + layout.x_offset,
     ).reshape(layout.x_shape)
-    y = np.frombuffer(buffer, dtype="<i4", count=layout.batch_size, offset=base_offset + layout.y_offset)
+    y = np.frombuffer(buffer, dtype="<i4", count=layout.batch_size,
+                      offset=base_offset + layout.y_offset)
     prov = np.frombuffer(
         buffer, dtype=PROVENANCE_DTYPE, count=layout.batch_size,
         offset=base_offset + layout.prov_offset,

@@ -1,4 +1,5 @@
-"""The decode path is exact: seek + NONREF pre-roll + one swscale equals a full sequential decode."""
+"""The decode path is exact: seek, NONREF pre-roll and one swscale call per kept frame
+equal a full sequential decode."""
 
 from __future__ import annotations
 

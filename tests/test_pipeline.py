@@ -151,7 +151,7 @@ def test_scaling_mid_epoch_loses_and_duplicates_nothing(daemons: Daemons, manife
                 if i == at:
                     done = _cli("scale", name, str(workers))
                     assert done.returncode == 0, done.stderr
-                    wait_until(lambda: status(name)["workers"]["alive"] == workers, 30,
+                    wait_until(lambda n=workers: status(name)["workers"]["alive"] == n, 30,
                                f"{workers} workers")
             assert sorted(labels) == list(range(N_VIDEOS)), f"epoch {epoch}"
             ds.set_epoch(epoch + 1)
