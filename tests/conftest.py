@@ -144,8 +144,7 @@ def probe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("probe-cache")
 
 
-@pytest.fixture
-def daemons(probe_cache: Path) -> Iterator[Daemons]:
+def _daemons(probe_cache: Path) -> Iterator[Daemons]:
     d = Daemons(probe_cache)
     try:
         yield d
@@ -153,13 +152,9 @@ def daemons(probe_cache: Path) -> Iterator[Daemons]:
         d.close()
 
 
-@pytest.fixture(scope="session")
-def shared_daemons(probe_cache: Path) -> Iterator[Daemons]:
-    d = Daemons(probe_cache)
-    try:
-        yield d
-    finally:
-        d.close()
+# Per test, and one set shared by the whole session (main_pipeline).
+daemons = pytest.fixture(_daemons, name="daemons")
+shared_daemons = pytest.fixture(_daemons, scope="session", name="shared_daemons")
 
 
 @pytest.fixture(scope="session")
