@@ -9,8 +9,10 @@ probed again.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,18 @@ def probe(path: str | Path) -> VideoInfo:
     return VideoInfo(frame_pts, np.unique(key_idx), fps, width, height)
 
 
+# Below this many uncached videos, starting probe processes costs more than it saves.
+_PARALLEL_MIN_VIDEOS = 32
+_CHUNK_VIDEOS = 16
+
+
+def _probe_or_reason(path: str) -> VideoInfo | str:
+    try:
+        return probe(path)
+    except ProbeError as exc:
+        return str(exc)
+
+
 class ProbeCache:
     """probe() behind a folder of small JSON files."""
 
@@ -90,28 +104,64 @@ class ProbeCache:
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
 
-    def get(self, path: str | Path) -> VideoInfo:
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            raise ProbeError(f"{path}: {exc.strerror}") from None
+    def _entry(self, path: str | Path) -> Path | None:
+        st = os.stat(path)
         if self.folder is None:
-            return probe(path)
+            return None
         key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}"
-        entry = self.folder / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+        return self.folder / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+
+    def _load(self, entry: Path | None) -> VideoInfo | None:
+        if entry is None:
+            return None
         try:
             data = json.loads(entry.read_text())
             return VideoInfo(np.asarray(data["pts"], np.int64), np.asarray(data["keys"], np.int64),
                              float(data["fps"]), int(data["width"]), int(data["height"]))
         except (OSError, ValueError, KeyError):
-            pass
-        info = probe(path)
+            return None
+
+    def _store(self, entry: Path | None, info: VideoInfo) -> None:
+        if entry is None:
+            return
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"pts": info.frame_pts.tolist(),
                                    "keys": info.keyframe_indices.tolist(), "fps": info.fps,
                                    "width": info.width, "height": info.height}))
         os.replace(tmp, entry)
-        return info
+
+    def get(self, path: str | Path) -> VideoInfo:
+        result = self.get_many([path], processes=1)[0]
+        if isinstance(result, str):
+            raise ProbeError(result)
+        return result
+
+    def get_many(self, paths: list[str | Path], *, processes: int) -> list[VideoInfo | str]:
+        """Each video's info, or the reason it cannot be probed; uncached videos are
+        probed in `processes` processes when there are many (a cold start of a big set)."""
+        results: list[VideoInfo | str | None] = [None] * len(paths)
+        entries: dict[int, Path | None] = {}
+        for i, path in enumerate(paths):
+            try:
+                entries[i] = entry = self._entry(path)
+            except OSError as exc:
+                results[i] = f"{path}: {exc.strerror}"
+                continue
+            results[i] = self._load(entry)
+        todo = [i for i in entries if results[i] is None]
+        if len(todo) >= _PARALLEL_MIN_VIDEOS and processes > 1:
+            # spawn, not fork: the caller may hold threads or sockets that must not be copied.
+            ctx = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+                found = list(pool.map(_probe_or_reason, [str(paths[i]) for i in todo],
+                                      chunksize=_CHUNK_VIDEOS))
+        else:
+            found = [_probe_or_reason(str(paths[i])) for i in todo]
+        for i, result in zip(todo, found, strict=True):
+            results[i] = result
+            if isinstance(result, VideoInfo):
+                self._store(entries[i], result)
+        return [r if r is not None else "not probed" for r in results]
 
 
 def default_cache_dir() -> Path:

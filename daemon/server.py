@@ -40,7 +40,7 @@ from vidring.daemon import sampler
 from vidring.daemon.config import ServeConfig
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.pool import STOP_GRACE_S, Worker, WorkerPool, WorkerState
-from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
+from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
 from vidring.daemon.schedule import Key, Scheduler, SlotRecord
 from vidring.loader import paths, protocol
 from vidring.loader.client import pid_alive, pid_namespace
@@ -203,15 +203,19 @@ class Daemon:
 
     def _probe_all(self) -> None:
         cache = ProbeCache(self.config.probe_cache or default_cache_dir())
+        started = time.monotonic()
+        results = cache.get_many([row.path for row in self.manifest.rows],
+                                 processes=max(1, self.config.workers))
         self.infos: list[VideoInfo | None] = []
-        for index, row in enumerate(self.manifest.rows):
-            try:
-                self.infos.append(cache.get(row.path))
-            except ProbeError as exc:
+        for index, result in enumerate(results):
+            if isinstance(result, str):
                 # Not retried: a file that cannot be demuxed now will not decode later.
                 self.infos.append(None)
-                self._record_error(index, f"probe: {exc}", quarantine=True)
+                self._record_error(index, f"probe: {result}", quarantine=True)
+            else:
+                self.infos.append(result)
         self.frame_counts = np.array([i.frames if i else 1 for i in self.infos], dtype=np.int64)
+        log.info("probed %d videos in %.1f s", len(results), time.monotonic() - started)
 
     def _bind(self, endpoint: str) -> zmq.Socket[Any]:
         assert self._ctx is not None

@@ -98,3 +98,21 @@ def test_probe_cache_reuses_and_invalidates(tmp_path: Path, video: Path) -> None
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-probed
     cache.get(copy)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_probe_many_in_processes_matches_probe(tmp_path: Path, video_dir: Path) -> None:
+    paths: list[str | Path] = []
+    for copy in range(2):
+        for src in sorted(video_dir.glob("v*.mp4")):
+            dst = tmp_path / f"{copy}-{src.name}"
+            shutil.copy(src, dst)
+            paths.append(dst)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video" * 50)
+    paths += [tmp_path / "bad.mp4", tmp_path / "gone.mp4"]
+    cache = ProbeCache(tmp_path / "cache")
+    results = cache.get_many(paths, processes=2)  # 34 uncached: probed in 2 processes
+    for path, result in zip(paths[:-2], results[:-2], strict=True):
+        assert not isinstance(result, str), result
+        assert result.frame_pts.tolist() == probe(path).frame_pts.tolist()
+    assert "bad.mp4" in results[-2] and "No such file" in results[-1]
+    assert len(list((tmp_path / "cache").iterdir())) == 32  # failures are not cached
