@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 class ProbeError(Exception):
@@ -56,8 +56,10 @@ def probe(path: str | Path) -> VideoInfo:
             pts: list[int] = []
             key_pts: list[int] = []
             for packet in container.demux(stream):
-                if packet.size == 0:
-                    continue  # the demuxer's end-of-stream marker
+                if packet.size == 0 or packet.is_discard:
+                    # End-of-stream marker; or a frame an edit list drops (the decoder
+                    # still uses it as a reference, but never outputs it).
+                    continue
                 if packet.pts is None:
                     raise ProbeError(f"{path}: packet without a timestamp; remux the file")
                 pts.append(packet.pts)
