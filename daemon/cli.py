@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings: dict[str, Any] = cfg.load_toml(args.config) if args.config else {}
     for key in ("manifest", "name", "batch_size", "clip_length", "size", "workers", "slots",
                 "seed", "dtype", "stride", "task_timeout_s", "lease_timeout_s", "exhausted_wait_s",
-                "probe_cache"):
+                "retry_delay_s", "probe_cache"):
         value = getattr(args, key)
         if value is not None:
             settings[key] = value
@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="take back leases of a live but silent trainer after this")
     serve.add_argument("--exhausted-wait-s", type=float,
                        help="how long a request waits when the trainer holds every slot")
+    serve.add_argument("--retry-delay-s", type=float,
+                       help="wait before retrying a failed clip (default 2; then 4x)")
     serve.add_argument("--probe-cache", help="folder for probe results (default ~/.cache/vidring)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(func=cmd_serve)

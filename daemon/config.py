@@ -50,6 +50,8 @@ class ServeConfig:
     lease_timeout_s: float = 60.0
     # A request finding every slot leased waits this long for a release, then fails.
     exhausted_wait_s: float = 30.0
+    # First wait before a failed clip is retried (the second waits 4x as long).
+    retry_delay_s: float = 2.0
     probe_cache: Path | None = None
 
     def __post_init__(self) -> None:
@@ -69,7 +71,7 @@ class ServeConfig:
             raise ConfigError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed: must be an integer in 0..2**63-1, got {self.seed!r}")
-        for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s"):
+        for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s", "retry_delay_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
 

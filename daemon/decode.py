@@ -18,6 +18,8 @@ keyframe dominates, so
 from __future__ import annotations
 
 import collections
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import av
@@ -35,6 +37,14 @@ class DecodeError(Exception):
     """A clip that could not be decoded; the message names the file and the reason."""
 
 
+# Decoders known to honour skip_frame per frame, checked exact by the tests.  Others
+# (libdav1d reads it once, when it opens) decode every frame.
+NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", "vp9"})
+# Containers whose timestamps are not trustworthy right after a seek (an MPEG program
+# stream resyncs mid-packet) or that have no index: read from the start instead.
+UNSEEKABLE_FORMATS = frozenset({"mpeg", "mpegvideo", "m4v", "h264", "hevc"})
+
+
 def _open(path: str) -> tuple[Any, Any]:
     container = av.open(path)
     if not container.streams.video:
@@ -44,7 +54,20 @@ def _open(path: str) -> tuple[Any, Any]:
     ctx = stream.codec_context
     ctx.thread_type = "NONE"
     ctx.thread_count = 1
+    ctx.skip_frame = "DEFAULT"
+    ctx.open(strict=False)  # now, not at the first packet, which may be skipped pre-roll
     return container, stream
+
+
+def _from_key(packets: Iterator[Any], key_pts: int, key_dts: int) -> Iterator[Any] | None:
+    """`packets` from the keyframe's own on; None if they start past it."""
+    for packet in packets:
+        if packet.pts == key_pts:
+            return itertools.chain([packet], packets)
+        dts = packet.dts if packet.dts is not None else packet.pts
+        if dts is not None and dts > key_dts:
+            return None
+    return None
 
 
 class ClipDecoder:
@@ -79,17 +102,19 @@ class ClipDecoder:
         if entry is not None:
             entry[0].close()
 
-    def decode_into(self, path: str, seek_pts: int, frame_pts: list[int], out: np.ndarray) -> None:
+    def decode_into(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
+                    out: np.ndarray) -> None:
         """Write the frames with timestamps `frame_pts` (in order) into out[0..T-1].
 
-        `seek_pts` is the keyframe at or before the first wanted frame.
-        Repeated timestamps (a short video's last frame) are written once each.
+        Decoding starts at the keyframe (`key_pts`, `key_dts`) at or before the
+        first of them.  Repeated timestamps (a short video's last frame) are
+        decoded once and copied.
         """
         if out.shape[0] != len(frame_pts) or out.shape[1:] != (self.height, self.width, 3):
             raise ValueError(f"out has shape {out.shape}, clip needs "
                              f"({len(frame_pts)}, {self.height}, {self.width}, 3)")
         try:
-            self._decode(path, seek_pts, frame_pts, out)
+            self._decode(path, key_pts, key_dts, frame_pts, out)
         except DecodeError:
             self._forget(path)
             raise
@@ -97,46 +122,80 @@ class ClipDecoder:
             self._forget(path)
             raise DecodeError(f"{path}: {type(exc).__name__}: {exc}") from None
 
-    def _decode(self, path: str, seek_pts: int, frame_pts: list[int], out: np.ndarray) -> None:
+    def _packets_from_key(self, path: str, key_pts: int, key_dts: int) -> tuple[Any, Iterator[Any]]:
+        """(stream, packets) with the keyframe's packet first.
+
+        Seeking by the keyframe's decode timestamp lands on it or before it in
+        most containers; MPEG-TS seeks approximately and can land after it.
+        Then, and for UNSEEKABLE_FORMATS, the file is read from its start
+        instead: slower, still exact.
+        """
         container, stream = self._container(path)
+        if not set(container.format.name.split(",")) & UNSEEKABLE_FORMATS:
+            container.seek(key_dts, stream=stream, backward=True, any_frame=False)
+            packets = _from_key(container.demux(stream), key_pts, key_dts)
+            if packets is not None:
+                return stream, packets
+        self._forget(path)
+        container, stream = self._container(path)  # freshly opened: at the start
+        packets = _from_key(container.demux(stream), key_pts, key_dts)
+        if packets is None:
+            raise DecodeError(f"{path}: keyframe at pts {key_pts} not found: truncated or corrupt")
+        return stream, packets
+
+    def _decode(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
+                out: np.ndarray) -> None:
+        stream, packets = self._packets_from_key(path, key_pts, key_dts)
         ctx = stream.codec_context
         targets: dict[int, list[int]] = {}
         for t, pts in enumerate(frame_pts):
             targets.setdefault(pts, []).append(t)
         wanted = frozenset(targets)
+        last_pts = max(wanted)
         unfed = set(targets)  # clip frames whose packets the decoder has not seen yet
-        container.seek(seek_pts, stream=stream, backward=True, any_frame=False)
-        skipping: bool | None = None
-        for packet in container.demux(stream):
-            pts = packet.pts
-            if pts is not None:
-                # A non-reference frame that is not a clip frame is never needed.
-                skip = pts not in wanted
-                if skip is not skipping:
-                    ctx.skip_frame = "NONREF" if skip else "DEFAULT"
-                    skipping = skip
-            self._take(packet.decode(), targets, out)
-            if not targets:
-                break
-            unfed.discard(pts)
-            if not unfed:
-                # Every clip frame is inside the decoder: drain its reorder delay
-                # rather than decode the frames that follow the clip.
-                self._take(ctx.decode(None), targets, out)
-                break
-        ctx.skip_frame = "DEFAULT"
+        can_skip = ctx.codec.name in NONREF_CODECS
+        skipping = False
+        try:
+            for packet in packets:
+                pts = packet.pts
+                if can_skip and pts is not None:
+                    # A non-reference frame that is not a clip frame is never needed.
+                    skip = pts not in wanted
+                    if skip is not skipping:
+                        ctx.skip_frame = "NONREF" if skip else "DEFAULT"
+                        skipping = skip
+                self._take(path, packet.decode(), targets, out, last_pts)
+                if not targets:
+                    return
+                unfed.discard(pts)
+                if not unfed:
+                    # Every clip frame is inside the decoder: drain its reorder delay
+                    # rather than decode the frames that follow the clip.
+                    self._take(path, ctx.decode(None), targets, out, last_pts)
+                    break
+        finally:
+            ctx.skip_frame = "DEFAULT"
         if targets:
-            missing = sorted(targets)
-            raise DecodeError(
-                f"{path}: stream ended before {len(missing)} of {len(frame_pts)} clip frames "
-                f"(first missing pts {missing[0]}): truncated or corrupt"
-            )
+            self._missing(path, targets, len(frame_pts))
 
-    def _take(self, frames: Any, targets: dict[int, list[int]], out: np.ndarray) -> None:
+    @staticmethod
+    def _missing(path: str, targets: dict[int, list[int]], n: int) -> None:
+        missing = sorted(targets)
+        raise DecodeError(
+            f"{path}: {len(missing)} of {n} clip frames never decoded (first missing pts "
+            f"{missing[0]}): truncated or corrupt"
+        )
+
+    def _take(self, path: str, frames: Any, targets: dict[int, list[int]], out: np.ndarray,
+              last_pts: int) -> None:
         for frame in frames:
             positions = targets.pop(frame.pts, None)
             if positions is not None:
                 self._write(frame, out, positions)
+            elif targets and frame.pts is not None and frame.pts > last_pts:
+                # Frames leave the decoder in presentation order: the rest are lost,
+                # so fail now instead of decoding to the end of the file.
+                self._missing(path, targets, len(out))
 
     def _write(self, frame: Any, out: np.ndarray, positions: list[int]) -> None:
         rgb = self._reformatter.reformat(frame, width=self.width, height=self.height,

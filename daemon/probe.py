@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 
 
 class ProbeError(Exception):
@@ -33,6 +33,8 @@ class VideoInfo:
 
     frame_pts: np.ndarray  # int64, sorted, one per frame
     keyframe_indices: np.ndarray  # int64, indices into frame_pts, sorted, starts at 0
+    keyframe_pts: np.ndarray  # int64, the keyframe each of those frames decodes from
+    keyframe_dts: np.ndarray  # int64, and that keyframe's decode timestamp
     fps: float
     width: int
     height: int
@@ -43,8 +45,15 @@ class VideoInfo:
 
     def keyframe_before(self, frame: int) -> int:
         """Index of the last keyframe at or before `frame`."""
-        pos = int(np.searchsorted(self.keyframe_indices, frame, side="right")) - 1
-        return int(self.keyframe_indices[max(pos, 0)])
+        return int(self.keyframe_indices[self._key_pos(frame)])
+
+    def seek_target(self, frame: int) -> tuple[int, int]:
+        """(pts, dts) of the keyframe to decode `frame` from."""
+        pos = self._key_pos(frame)
+        return int(self.keyframe_pts[pos]), int(self.keyframe_dts[pos])
+
+    def _key_pos(self, frame: int) -> int:
+        return max(int(np.searchsorted(self.keyframe_indices, frame, side="right")) - 1, 0)
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -54,7 +63,8 @@ def probe(path: str | Path) -> VideoInfo:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
             pts: list[int] = []
-            key_pts: list[int] = []
+            dts_of: dict[int, int] = {}  # pts -> dts
+            key_pts_flagged: list[int] = []
             for packet in container.demux(stream):
                 if packet.size == 0 or packet.is_discard:
                     # End-of-stream marker; or a frame an edit list drops (the decoder
@@ -63,8 +73,9 @@ def probe(path: str | Path) -> VideoInfo:
                 if packet.pts is None:
                     raise ProbeError(f"{path}: packet without a timestamp; remux the file")
                 pts.append(packet.pts)
+                dts_of[packet.pts] = packet.dts if packet.dts is not None else packet.pts
                 if packet.is_keyframe:
-                    key_pts.append(packet.pts)
+                    key_pts_flagged.append(packet.pts)
             rate = stream.average_rate or stream.guessed_rate
             fps = float(rate) if rate else 0.0
             width, height = stream.codec_context.width, stream.codec_context.height
@@ -77,13 +88,18 @@ def probe(path: str | Path) -> VideoInfo:
     frame_pts = np.unique(np.asarray(pts, dtype=np.int64))
     if len(frame_pts) != len(pts):
         raise ProbeError(f"{path}: duplicate frame timestamps; remux the file")
-    key_idx = np.searchsorted(frame_pts, np.asarray(sorted(key_pts), dtype=np.int64))
-    if len(key_idx) == 0 or key_idx[0] != 0:
-        # Frames before the first keyframe cannot be decoded on their own; seeking
-        # to the first keyframe and decoding forward still reaches them if the
-        # stream allows, otherwise decode reports it.
+    if not key_pts_flagged:
+        raise ProbeError(f"{path}: no keyframe in the video stream")
+    key_pts = np.unique(np.asarray(key_pts_flagged, dtype=np.int64))
+    key_idx = np.searchsorted(frame_pts, key_pts)
+    dts = np.asarray([dts_of.get(int(p), int(p)) for p in key_pts], dtype=np.int64)
+    if key_idx[0] != 0:
+        # Frames presented before the first keyframe (an open GOP's leading
+        # frames) are decoded from that keyframe too.
         key_idx = np.concatenate([[0], key_idx]).astype(np.int64)
-    return VideoInfo(frame_pts, np.unique(key_idx), fps, width, height)
+        key_pts = np.concatenate([key_pts[:1], key_pts])
+        dts = np.concatenate([dts[:1], dts])
+    return VideoInfo(frame_pts, key_idx, key_pts, dts, fps, width, height)
 
 
 # Below this many uncached videos, starting probe processes costs more than it saves.
@@ -118,8 +134,8 @@ class ProbeCache:
             return None
         try:
             data = json.loads(entry.read_text())
-            return VideoInfo(np.asarray(data["pts"], np.int64), np.asarray(data["keys"], np.int64),
-                             float(data["fps"]), int(data["width"]), int(data["height"]))
+            arrays = (np.asarray(data[k], np.int64) for k in ("pts", "keys", "key_pts", "key_dts"))
+            return VideoInfo(*arrays, float(data["fps"]), int(data["width"]), int(data["height"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -128,7 +144,9 @@ class ProbeCache:
             return
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps({"pts": info.frame_pts.tolist(),
-                                   "keys": info.keyframe_indices.tolist(), "fps": info.fps,
+                                   "keys": info.keyframe_indices.tolist(),
+                                   "key_pts": info.keyframe_pts.tolist(),
+                                   "key_dts": info.keyframe_dts.tolist(), "fps": info.fps,
                                    "width": info.width, "height": info.height}))
         os.replace(tmp, entry)
 

@@ -55,9 +55,10 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
 _RATE_WINDOW_S = 5.0
 _MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
-# A video's decode fails (or kills its worker) this often before it is quarantined:
-# one retry rides out a transient error without letting a poison file crash-loop workers.
-_MAX_FAILURES_PER_VIDEO = 2
+# A video's decode fails (or kills its worker) this often in a row before it is
+# quarantined; retries wait retry_delay_s, then 4x that, to ride out a passing error
+# (a storage hiccup) without letting a poison file crash-loop the workers.
+_MAX_FAILURES_PER_VIDEO = 3
 # A request waiting this long past the decode timeout with no clip finished
 # means no worker can make progress (a crash loop, or scaled to 0): say so.
 _STALL_GRACE_S = 30.0
@@ -106,6 +107,7 @@ class Daemon:
         self._mono_start = time.monotonic()
         self._next_task = 1
         self._tasks: collections.deque[Task] = collections.deque()
+        self._retries: list[tuple[float, Task]] = []  # (due time, task)
         self._idle: collections.deque[Worker] = collections.deque()
         self._waiting: list[Waiting] = []
         self._clients: dict[bytes, ClientRecord] = {}
@@ -177,9 +179,13 @@ class Daemon:
         folder.mkdir(mode=0o700, exist_ok=True)
         # The lock sits beside the segment it guards, so two daemons of one name
         # conflict whatever their XDG_RUNTIME_DIR.
-        self._lock_path = Path(f"/dev/shm/{segment_name(self.name)}.lock")
+        # A prefix no segment name has, so no pipeline name can make it collide.
+        self._lock_path = Path(f"/dev/shm/vidring.lock-{os.getuid()}-{self.name}")
         while True:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            if os.fstat(fd).st_uid != os.getuid():  # /dev/shm is world-writable
+                os.close(fd)
+                raise StartupError(f"lock file {self._lock_path} belongs to another user")
             lock_file = os.fdopen(fd, "r+")
             try:
                 fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -272,6 +278,8 @@ class Daemon:
                 self.pool.kill(worker)
                 self._task_failed(task, f"decode stalled for over "
                                         f"{self.config.task_timeout_s:g} s; worker killed")
+        if self._retries:
+            self._requeue_due_retries(now)
         if now - self._last_client_check > _CLIENT_CHECK_S:
             self._last_client_check = now
             self._expire_clients(now)
@@ -310,7 +318,8 @@ class Daemon:
         same_ns = msg.get("pid_ns", 0) in (0, pid_namespace())
         client.pid = msg["client_pid"] if same_ns else None
         assert self.ring is not None
-        return {"pid": os.getpid(), "name": self.name, "segment": self.ring.name,
+        return {"pid": os.getpid(), "pid_ns": pid_namespace(), "name": self.name,
+                "segment": self.ring.name,
                 "ring_id": self.ring.ring_id, "batches_per_epoch": self.batches_per_epoch,
                 "batch_shape": list(self.ring.layout.x_shape), "dtype": self.config.dtype,
                 "epoch": self.sched.consumer_epoch, "classes": self.manifest.classes}
@@ -442,16 +451,21 @@ class Daemon:
             if worker.state != WorkerState.IDLE:
                 continue
             task = self._tasks.popleft()
+            if task.choice.video_index in self.quarantine:
+                # Quarantined since it was queued: give the worker a stand-in instead.
+                self._idle.appendleft(worker)
+                self._queue(task, front=True)
+                continue
             info = self.infos[task.choice.video_index]
             assert info is not None
             frames = sampler.clip_frames(task.choice.start_frame, info.frames,
                                          self.config.clip_length, self.config.stride)
             frame_pts = [int(info.frame_pts[i]) for i in frames]
-            seek_pts = int(info.frame_pts[info.keyframe_before(frames[0])])
+            key_pts, key_dts = info.seek_target(frames[0])
             path = str(self.manifest.rows[task.choice.video_index].path)
             self._work.send_multipart([worker.identity, protocol.encode(
                 "task", task_id=task.task_id, slot=task.slot, position=task.position,
-                path=path, frame_pts=frame_pts, seek_pts=seek_pts)])
+                path=path, frame_pts=frame_pts, key_pts=key_pts, key_dts=key_dts)])
             worker.state = WorkerState.BUSY  # IDLE -> BUSY
             worker.task = task
             worker.task_started = time.monotonic()
@@ -486,6 +500,8 @@ class Daemon:
         if self.pool.target == 0:
             return "no decoder workers: the pipeline is scaled to 0 (vidring scale NAME N)"
         idle_s = time.monotonic() - self._last_progress
+        if self.sched.all_leased():
+            return ""  # nothing can be filled; the exhausted wait decides
         if idle_s > self.config.task_timeout_s + _STALL_GRACE_S:
             return (f"no clip finished for {idle_s:.0f} s: {self.pool.alive()} of "
                     f"{self.pool.target} workers alive, {self.pool.died_total} worker deaths; "
@@ -545,6 +561,7 @@ class Daemon:
             (0, 0))
         if choice.video_index != choice.planned_index:
             self.replaced_total += 1
+        self._failures.pop(choice.video_index, None)  # only failures in a row count
         now = time.monotonic()
         self._last_progress = now
         self.clips_total += 1
@@ -554,9 +571,20 @@ class Daemon:
     def _task_failed(self, task: Task, reason: str) -> None:
         video = task.choice.video_index
         self._failures[video] = failures = self._failures.get(video, 0) + 1
-        self._record_error(video, reason, quarantine=failures >= _MAX_FAILURES_PER_VIDEO)
-        # Retried as it is, or, once quarantined, _queue picks a stand-in.
-        self._queue(task, front=True)
+        quarantine = failures >= _MAX_FAILURES_PER_VIDEO
+        self._record_error(video, reason, quarantine=quarantine)
+        if quarantine:
+            self._queue(task, front=True)  # _queue picks a stand-in
+        else:
+            due = time.monotonic() + self.config.retry_delay_s * 4 ** (failures - 1)
+            self._retries.append((due, task))
+
+    def _requeue_due_retries(self, now: float) -> None:
+        due = [task for when, task in self._retries if when <= now]
+        if due:
+            self._retries = [(when, task) for when, task in self._retries if when > now]
+            for task in due:
+                self._queue(task, front=True)
 
     def _record_error(self, video: int, reason: str, *, quarantine: bool) -> None:
         path = str(self.manifest.rows[video].path)

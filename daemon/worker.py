@@ -78,7 +78,7 @@ def _do_task(decoder: ClipDecoder, ring: Ring, worker_id: int, msg: protocol.Mes
     error = ""
     try:
         out = ring.sample_array(msg["slot"], msg["position"])
-        decoder.decode_into(path, msg["seek_pts"], msg["frame_pts"], out)
+        decoder.decode_into(path, msg["key_pts"], msg["key_dts"], msg["frame_pts"], out)
     except DecodeError as exc:
         error = f"in decoder worker {worker_id}: {exc}"
     except Exception as exc:  # noqa: BLE001 - any failure of one clip is reported, not fatal

@@ -82,7 +82,10 @@ class Client:
 
     def hello(self) -> dict[str, Any]:
         info = self.request("hello", client_pid=os.getpid(), pid_ns=pid_namespace())
-        self.daemon_pid = info.get("pid")
+        # A daemon in another pid namespace (across a container boundary) has a pid
+        # that means nothing here: rely on the timeout alone.
+        same_ns = info.get("pid_ns", 0) in (0, pid_namespace())
+        self.daemon_pid = info.get("pid") if same_ns else None
         if self._heartbeat is not None and not self._heartbeat.is_alive():
             self._heartbeat.start()
         return info

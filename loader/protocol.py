@@ -56,7 +56,8 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     # daemon -> worker
     "task": {
         "task_id": (_INT, True), "slot": (_INT, True), "position": (_INT, True),
-        "path": (_STR, True), "frame_pts": (_LIST, True), "seek_pts": (_INT, True),
+        "path": (_STR, True), "frame_pts": (_LIST, True), "key_pts": (_INT, True),
+        "key_dts": (_INT, True),
     },
     "worker_stop": {},
     # replies

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -171,7 +172,8 @@ def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
     rows += [f"{corrupt},100", f"{missing},101", f"{vanishing},102"]
     bad_manifest = tmp_path / "m.csv"
     bad_manifest.write_text("\n".join(rows) + "\n")  # 12 rows: every row in every epoch
-    name = daemons.start(bad_manifest, workers=2, slots=2, seed=1)
+    name = daemons.start(bad_manifest, workers=2, slots=2, seed=1,
+                         extra=["--retry-delay-s", "0.1"])
     vanishing.unlink()  # probed at start, gone when a worker opens it
     with ClipDataset(name) as ds:
         for epoch in range(2):
@@ -190,8 +192,8 @@ def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
     assert set(quarantined) == {str(corrupt), str(missing), str(vanishing)}
     assert "No such file" in quarantined[str(missing)]
     assert quarantined[str(corrupt)].startswith("probe:")
-    assert "in decoder worker" in quarantined[str(vanishing)]  # retried once, then quarantined
-    assert st["errors"]["count"] == 4
+    assert "in decoder worker" in quarantined[str(vanishing)]  # retried twice, then quarantined
+    assert st["errors"]["count"] == 2 + 3
     assert st["errors"]["replaced_samples"] >= 6
 
 
@@ -349,3 +351,38 @@ def test_no_workers_is_an_error_not_a_hang(daemons: Daemons, manifest: Path) -> 
             ds[0]
         assert _cli("scale", name, "1").returncode == 0
         assert ds[0][0].shape[0] == 4
+
+
+def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir: Path,
+                                                    tmp_path: Path) -> None:
+    files = [tmp_path / f"c{i}.mp4" for i in range(4)]
+    for i, f in enumerate(files):
+        f.write_bytes((video_dir / f"v{i + 10:02d}.mp4").read_bytes())
+    (tmp_path / "m.csv").write_text("".join(f"{f},{i}\n" for i, f in enumerate(files)))
+    name = daemons.start(tmp_path / "m.csv", workers=1, slots=2,
+                         extra=["--retry-delay-s", "2"])
+    aside = tmp_path / "aside.mp4"
+    files[2].rename(aside)  # storage hiccup: gone for a moment
+    results: list[object] = []
+    with ClipDataset(name) as ds:
+        reader = threading.Thread(target=lambda: results.append(ds.batch(0).y.tolist()))
+        reader.start()
+        wait_until(lambda: status(name)["errors"]["count"] >= 1, 30, "the first failure")
+        aside.rename(files[2])  # back before the retry
+        reader.join(timeout=30)
+        assert not reader.is_alive()
+    assert sorted(results[0]) == [0, 1, 2, 3]  # the real clip, not a stand-in
+    st = status(name)
+    assert st["errors"]["quarantined"] == [] and st["errors"]["replaced_samples"] == 0
+
+
+def test_pipeline_names_cannot_collide_through_the_lock(daemons: Daemons, manifest: Path) -> None:
+    base = f"lk{os.getpid()}"
+    others = (f"{base}.lock", f"lock-{base}")
+    for name in (base, *others):
+        daemons.start(manifest, name=name, workers=1, slots=2)
+    daemons.stop(base)  # must not take anything of the others with it
+    for name in others:
+        assert os.path.exists(f"/dev/shm/{segment_name(name)}")
+        with ClipDataset(name) as ds:
+            assert ds[0][0].shape[0] == 4
