@@ -106,10 +106,19 @@ class Daemons:
         return self.running[name].pid
 
     def workers(self, name: str) -> list[psutil.Process]:
+        """The daemon's live worker processes (not ones exited but not yet reaped)."""
         try:
-            return psutil.Process(self.pid(name)).children()
+            children = psutil.Process(self.pid(name)).children()
         except psutil.NoSuchProcess:
             return []
+        live = []
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return live
 
     def stop(self, name: str) -> None:
         proc = self.running.pop(name)

@@ -172,9 +172,10 @@ def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
     rows += [f"{corrupt},100", f"{missing},101", f"{vanishing},102"]
     bad_manifest = tmp_path / "m.csv"
     bad_manifest.write_text("\n".join(rows) + "\n")  # 12 rows: every row in every epoch
-    name = daemons.start(bad_manifest, workers=2, slots=2, seed=1,
+    name = daemons.start(bad_manifest, workers=0, slots=2, seed=1,
                          extra=["--retry-delay-s", "0.1"])
-    vanishing.unlink()  # probed at start, gone when a worker opens it
+    vanishing.unlink()  # probed at start, gone before any worker opens it
+    assert _cli("scale", name, "2").returncode == 0
     with ClipDataset(name) as ds:
         for epoch in range(2):
             replaced = 0
@@ -359,10 +360,11 @@ def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir:
     for i, f in enumerate(files):
         f.write_bytes((video_dir / f"v{i + 10:02d}.mp4").read_bytes())
     (tmp_path / "m.csv").write_text("".join(f"{f},{i}\n" for i, f in enumerate(files)))
-    name = daemons.start(tmp_path / "m.csv", workers=1, slots=2,
+    name = daemons.start(tmp_path / "m.csv", workers=0, slots=2,
                          extra=["--retry-delay-s", "2"])
     aside = tmp_path / "aside.mp4"
-    files[2].rename(aside)  # storage hiccup: gone for a moment
+    files[2].rename(aside)  # storage hiccup: gone for a moment, before any worker reads it
+    assert _cli("scale", name, "1").returncode == 0
     results: list[object] = []
     with ClipDataset(name) as ds:
         reader = threading.Thread(target=lambda: results.append(ds.batch(0).y.tolist()))
