@@ -38,6 +38,7 @@ import zmq
 
 from vidring.daemon import sampler
 from vidring.daemon.config import ServeConfig
+from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.pool import STOP_GRACE_S, Worker, WorkerPool, WorkerState
 from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
@@ -55,10 +56,6 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
 _RATE_WINDOW_S = 5.0
 _MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
-# A video's decode fails (or kills its worker) this often in a row before it is
-# quarantined; retries wait retry_delay_s, then 4x that, to ride out a passing error
-# (a storage hiccup) without letting a poison file crash-loop the workers.
-_MAX_FAILURES_PER_VIDEO = 3
 # A request waiting this long past the decode timeout with no clip finished
 # means no worker can make progress (a crash loop, or scaled to 0): say so.
 _STALL_GRACE_S = 30.0
@@ -114,11 +111,6 @@ class Daemon:
         self._lease_owner: dict[int, bytes] = {}
         self._done_times: collections.deque[float] = collections.deque()
         self.clips_total = 0
-        self.replaced_total = 0
-        self.error_count = 0
-        self.last_error: dict[str, str] | None = None
-        self.quarantine: dict[int, str] = {}
-        self._failures: dict[int, int] = {}
         self._fatal = ""  # set when a sample cannot be filled at all
         self._last_client_check = 0.0
         self._last_progress = time.monotonic()
@@ -130,11 +122,12 @@ class Daemon:
         self._take_lock()
         try:
             self.manifest: Manifest = load_manifest(cfg.manifest)
+            self.faults = FaultLedger([str(row.path) for row in self.manifest.rows],
+                                      cfg.retry_delay_s)
             self._probe_all()
-            good = len(self.manifest) - len(self.quarantine)
-            if good == 0:
-                last = self.last_error["reason"] if self.last_error else ""
-                raise StartupError(f"no readable video in {cfg.manifest}: {last}")
+            if len(self.faults.quarantine) == len(self.manifest):
+                last = self.faults.last_error or {"reason": ""}
+                raise StartupError(f"no readable video in {cfg.manifest}: {last['reason']}")
             self.batches_per_epoch = sampler.batches_per_epoch(len(self.manifest), cfg.batch_size)
             if self.batches_per_epoch < 1:
                 raise StartupError(f"batch size {cfg.batch_size} is larger than the "
@@ -215,9 +208,8 @@ class Daemon:
         self.infos: list[VideoInfo | None] = []
         for index, result in enumerate(results):
             if isinstance(result, str):
-                # Not retried: a file that cannot be demuxed now will not decode later.
                 self.infos.append(None)
-                self._record_error(index, f"probe: {result}", quarantine=True)
+                self.faults.probe_failed(index, result)
             else:
                 self.infos.append(result)
         self.frame_counts = np.array([i.frames if i else 1 for i in self.infos], dtype=np.int64)
@@ -423,12 +415,13 @@ class Daemon:
 
     def _queue(self, task: Task, *, front: bool = False) -> None:
         choice = task.choice
-        while choice.video_index in self.quarantine:
+        quarantine = self.faults.quarantine
+        while choice.video_index in quarantine:
             attempt = choice.attempt + 1
             if attempt > _MAX_REPLACEMENTS:
                 self._fatal = (f"no readable stand-in for sample {choice.sample_index} of epoch "
                                f"{task.key[0]} after {_MAX_REPLACEMENTS} tries: "
-                               f"{len(self.quarantine)} of {len(self.manifest)} videos are "
+                               f"{len(quarantine)} of {len(self.manifest)} videos are "
                                "quarantined")
                 log.error("%s", self._fatal)
                 return
@@ -451,7 +444,7 @@ class Daemon:
             if worker.state != WorkerState.IDLE:
                 continue
             task = self._tasks.popleft()
-            if task.choice.video_index in self.quarantine:
+            if task.choice.video_index in self.faults.quarantine:
                 # Quarantined since it was queued: give the worker a stand-in instead.
                 self._idle.appendleft(worker)
                 self._queue(task, front=True)
@@ -559,9 +552,8 @@ class Daemon:
             choice.video_index, choice.planned_index, choice.start_frame, self.config.stride,
             (0, 0, info.height, info.width), 0, int(choice.video_index != choice.planned_index),
             (0, 0))
-        if choice.video_index != choice.planned_index:
-            self.replaced_total += 1
-        self._failures.pop(choice.video_index, None)  # only failures in a row count
+        self.faults.clip_ok(choice.video_index,
+                            replaced=choice.video_index != choice.planned_index)
         now = time.monotonic()
         self._last_progress = now
         self.clips_total += 1
@@ -569,15 +561,11 @@ class Daemon:
         self.sched.clip_done(task.slot, task.position)
 
     def _task_failed(self, task: Task, reason: str) -> None:
-        video = task.choice.video_index
-        self._failures[video] = failures = self._failures.get(video, 0) + 1
-        quarantine = failures >= _MAX_FAILURES_PER_VIDEO
-        self._record_error(video, reason, quarantine=quarantine)
-        if quarantine:
-            self._queue(task, front=True)  # _queue picks a stand-in
+        delay_s = self.faults.clip_failed(task.choice.video_index, reason)
+        if delay_s is None:
+            self._queue(task, front=True)  # quarantined: _queue picks a stand-in
         else:
-            due = time.monotonic() + self.config.retry_delay_s * 4 ** (failures - 1)
-            self._retries.append((due, task))
+            self._retries.append((time.monotonic() + delay_s, task))
 
     def _requeue_due_retries(self, now: float) -> None:
         due = [task for when, task in self._retries if when <= now]
@@ -585,16 +573,6 @@ class Daemon:
             self._retries = [(when, task) for when, task in self._retries if when > now]
             for task in due:
                 self._queue(task, front=True)
-
-    def _record_error(self, video: int, reason: str, *, quarantine: bool) -> None:
-        path = str(self.manifest.rows[video].path)
-        self.error_count += 1
-        self.last_error = {"path": path, "reason": reason}
-        if quarantine:
-            self.quarantine[video] = reason
-            log.warning("quarantined %s: %s", path, reason)
-        else:
-            log.warning("retrying %s: %s", path, reason)
 
     def _publish_slot(self, slot: int, rec: SlotRecord) -> None:
         assert self.ring is not None
@@ -625,13 +603,7 @@ class Daemon:
                         "restarts": self.pool.died_total},
             "clips_per_s": round(len(self._done_times) / window_s, 2),
             "clips_total": self.clips_total,
-            "errors": {
-                "count": self.error_count,
-                "last": self.last_error,
-                "quarantined": [{"path": str(self.manifest.rows[v].path), "reason": r}
-                                for v, r in sorted(self.quarantine.items())],
-                "replaced_samples": self.replaced_total,
-            },
+            "errors": self.faults.status(),
             "videos": len(self.manifest),
             "classes": self.manifest.classes,
             "manifest": str(self.manifest.source),

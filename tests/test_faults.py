@@ -1,0 +1,31 @@
+"""Retry, back-off and quarantine of failing videos, without processes."""
+
+from __future__ import annotations
+
+from vidring.daemon.faults import MAX_FAILURES_IN_A_ROW, FaultLedger
+
+
+def test_retries_back_off_then_quarantine() -> None:
+    ledger = FaultLedger(["a.mp4", "b.mp4"], retry_delay_s=2.0)
+    delays = [ledger.clip_failed(1, f"boom {i}") for i in range(MAX_FAILURES_IN_A_ROW)]
+    assert delays == [2.0, 8.0, None]
+    assert ledger.quarantine == {1: "boom 2"}
+    st = ledger.status()
+    assert st["count"] == 3 and st["last"] == {"path": "b.mp4", "reason": "boom 2"}
+    assert st["quarantined"] == [{"path": "b.mp4", "reason": "boom 2"}]
+
+
+def test_a_success_resets_the_run() -> None:
+    ledger = FaultLedger(["a.mp4"], retry_delay_s=1.0)
+    for _ in range(5):
+        assert ledger.clip_failed(0, "flaky") == 1.0
+        ledger.clip_ok(0, replaced=False)
+    assert not ledger.quarantine and ledger.status()["count"] == 5
+
+
+def test_probe_failure_quarantines_at_once_and_replacements_are_counted() -> None:
+    ledger = FaultLedger(["a.mp4", "b.mp4"], retry_delay_s=1.0)
+    ledger.probe_failed(0, "a.mp4: no such file")
+    assert ledger.quarantine == {0: "probe: a.mp4: no such file"}
+    ledger.clip_ok(1, replaced=True)
+    assert ledger.status()["replaced_samples"] == 1
