@@ -4,6 +4,8 @@ One thread, one loop: poll the control socket (trainers, CLI) and the work
 socket (decoder workers) with a short timeout, handle what arrived, then
 tick: reap and reconcile workers, kill stalled decodes, drop dead clients'
 leases, start filling slots, hand out tasks, answer waiting requests.
+Slots and leases are schedule.py's, clips and workers production.py's, bad
+videos faults.py's; this module owns the sockets, clients and life cycle.
 
 NOTE [ shutdown ]
 A stop comes as a `stop` request, SIGTERM or SIGINT (all set one flag).  Then:
@@ -22,7 +24,6 @@ is removed by the next start of the same name.
 
 from __future__ import annotations
 
-import collections
 import fcntl
 import logging
 import os
@@ -39,8 +40,9 @@ import zmq
 from vidring.daemon import sampler
 from vidring.daemon.config import ServeConfig
 from vidring.daemon.faults import FaultLedger
+from vidring.daemon.production import Production
 from vidring.daemon.manifest import Manifest, load_manifest
-from vidring.daemon.pool import STOP_GRACE_S, Worker, WorkerPool, WorkerState
+from vidring.daemon.pool import STOP_GRACE_S, WorkerPool, WorkerState
 from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
 from vidring.daemon.schedule import Key, Scheduler, SlotRecord
 from vidring.loader import paths, protocol
@@ -54,8 +56,6 @@ Reply = dict[str, Any] | None  # a handler's reply fields; None: no reply (yet)
 STATUS_VERSION = 1
 _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
-_RATE_WINDOW_S = 5.0
-_MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
 # A request waiting this long past the decode timeout with no clip finished
 # means no worker can make progress (a crash loop, or scaled to 0): say so.
 _STALL_GRACE_S = 30.0
@@ -65,15 +65,6 @@ _IDLE_CLIENT_S = 10.0
 
 class StartupError(Exception):
     """The pipeline cannot start; the message says what to fix."""
-
-
-@dataclass(slots=True)
-class Task:
-    task_id: int
-    slot: int
-    position: int
-    key: Key
-    choice: sampler.ClipChoice
 
 
 @dataclass(slots=True)
@@ -101,19 +92,10 @@ class Daemon:
         self._ctx: zmq.Context[Any] | None = None
         self.pool: WorkerPool | None = None
         self.started_at = time.time()
-        self._mono_start = time.monotonic()
-        self._next_task = 1
-        self._tasks: collections.deque[Task] = collections.deque()
-        self._retries: list[tuple[float, Task]] = []  # (due time, task)
-        self._idle: collections.deque[Worker] = collections.deque()
         self._waiting: list[Waiting] = []
         self._clients: dict[bytes, ClientRecord] = {}
         self._lease_owner: dict[int, bytes] = {}
-        self._done_times: collections.deque[float] = collections.deque()
-        self.clips_total = 0
-        self._fatal = ""  # set when a sample cannot be filled at all
         self._last_client_check = 0.0
-        self._last_progress = time.monotonic()
 
     # -- start ----------------------------------------------------------------
 
@@ -149,6 +131,9 @@ class Daemon:
             self._poller.register(self._work, zmq.POLLIN)
             self.pool = WorkerPool(self._work_endpoint, self.ring.name, self.ring.ring_id,
                                    cfg.workers)
+            self.production = Production(cfg, [str(r.path) for r in self.manifest.rows],
+                                         self.infos, self.labels, self.ring, self.sched,
+                                         self.pool, self._work, self.faults)
         except BaseException:
             self._teardown()
             raise
@@ -212,7 +197,6 @@ class Daemon:
                 self.faults.probe_failed(index, result)
             else:
                 self.infos.append(result)
-        self.frame_counts = np.array([i.frames if i else 1 for i in self.infos], dtype=np.int64)
         log.info("probed %d videos in %.1f s", len(results), time.monotonic() - started)
 
     def _bind(self, endpoint: str) -> zmq.Socket[Any]:
@@ -242,7 +226,7 @@ class Daemon:
                 if self._control in events:
                     self._drain(self._control, self._on_control)
                 if self._work in events:
-                    self._drain(self._work, self._on_worker)
+                    self._drain(self._work, self.production.on_worker)
                 self._tick()
         finally:
             self.shutdown()
@@ -260,23 +244,16 @@ class Daemon:
     def _tick(self) -> None:
         now = time.monotonic()
         assert self.pool is not None
-        for worker in self.pool.reconcile(self._send_stop):
-            self._worker_gone(worker)
-        for worker in list(self.pool.workers.values()):
-            if (worker.task is not None and worker.state != WorkerState.EXITED
-                    and now - worker.task_started > self.config.task_timeout_s):
-                task = worker.task
-                worker.task = None
-                self.pool.kill(worker)
-                self._task_failed(task, f"decode stalled for over "
-                                        f"{self.config.task_timeout_s:g} s; worker killed")
-        if self._retries:
-            self._requeue_due_retries(now)
+        production = self.production
+        for worker in self.pool.reconcile(production.send_stop):
+            production.worker_gone(worker)
+        production.kill_stalled(now)
+        production.requeue_due_retries(now)
         if now - self._last_client_check > _CLIENT_CHECK_S:
             self._last_client_check = now
             self._expire_clients(now)
-        self._fill()
-        self._dispatch()
+        production.fill([w.key for w in self._waiting])
+        production.dispatch()
         self._answer_waiting()
 
     # -- control ------------------------------------------------------------------
@@ -400,72 +377,9 @@ class Daemon:
                              len(client.leases))
                 self._forget_client(identity)
 
-    # -- filling ----------------------------------------------------------------
-
-    def _fill(self) -> None:
-        for slot, key in self.sched.next_fills([w.key for w in self._waiting]):
-            log.debug("fill slot %d with epoch %d batch %d", slot, *key)
-            clips = sampler.plan_batch(
-                self.frame_counts, seed=self.config.seed, epoch=key[0], batch=key[1],
-                batch_size=self.config.batch_size, clip_length=self.config.clip_length,
-                stride=self.config.stride)
-            for position, choice in enumerate(clips):
-                self._queue(Task(self._next_task, slot, position, key, choice))
-                self._next_task += 1
-
-    def _queue(self, task: Task, *, front: bool = False) -> None:
-        choice = task.choice
-        quarantine = self.faults.quarantine
-        while choice.video_index in quarantine:
-            attempt = choice.attempt + 1
-            if attempt > _MAX_REPLACEMENTS:
-                self._fatal = (f"no readable stand-in for sample {choice.sample_index} of epoch "
-                               f"{task.key[0]} after {_MAX_REPLACEMENTS} tries: "
-                               f"{len(quarantine)} of {len(self.manifest)} videos are "
-                               "quarantined")
-                log.error("%s", self._fatal)
-                return
-            video = sampler.replacement(len(self.manifest), seed=self.config.seed,
-                                        epoch=task.key[0], sample_index=choice.sample_index,
-                                        attempt=attempt)
-            choice = sampler.choose(choice.sample_index, choice.planned_index, video,
-                                    int(self.frame_counts[video]), seed=self.config.seed,
-                                    epoch=task.key[0], clip_length=self.config.clip_length,
-                                    stride=self.config.stride, attempt=attempt)
-        task.choice = choice
-        if front:
-            self._tasks.appendleft(task)
-        else:
-            self._tasks.append(task)
-
-    def _dispatch(self) -> None:
-        while self._tasks and self._idle:
-            worker = self._idle.popleft()
-            if worker.state != WorkerState.IDLE:
-                continue
-            task = self._tasks.popleft()
-            if task.choice.video_index in self.faults.quarantine:
-                # Quarantined since it was queued: give the worker a stand-in instead.
-                self._idle.appendleft(worker)
-                self._queue(task, front=True)
-                continue
-            info = self.infos[task.choice.video_index]
-            assert info is not None
-            frames = sampler.clip_frames(task.choice.start_frame, info.frames,
-                                         self.config.clip_length, self.config.stride)
-            frame_pts = [int(info.frame_pts[i]) for i in frames]
-            key_pts, key_dts = info.seek_target(frames[0])
-            path = str(self.manifest.rows[task.choice.video_index].path)
-            self._work.send_multipart([worker.identity, protocol.encode(
-                "task", task_id=task.task_id, slot=task.slot, position=task.position,
-                path=path, frame_pts=frame_pts, key_pts=key_pts, key_dts=key_dts)])
-            worker.state = WorkerState.BUSY  # IDLE -> BUSY
-            worker.task = task
-            worker.task_started = time.monotonic()
-
     def _answer_waiting(self) -> None:
         if not self._waiting:
-            self._last_progress = time.monotonic()
+            self.production.last_progress = time.monotonic()  # nobody waits: no stall
             return
         still: list[Waiting] = []
         now = time.monotonic()
@@ -488,11 +402,11 @@ class Daemon:
 
     def _stall_reason(self) -> str:
         assert self.pool is not None
-        if self._fatal:
-            return self._fatal
+        if self.production.fatal:
+            return self.production.fatal
         if self.pool.target == 0:
             return "no decoder workers: the pipeline is scaled to 0 (vidring scale NAME N)"
-        idle_s = time.monotonic() - self._last_progress
+        idle_s = time.monotonic() - self.production.last_progress
         if self.sched.all_leased():
             return ""  # nothing can be filled; the exhausted wait decides
         if idle_s > self.config.task_timeout_s + _STALL_GRACE_S:
@@ -500,79 +414,6 @@ class Daemon:
                     f"{self.pool.target} workers alive, {self.pool.died_total} worker deaths; "
                     "see the daemon's log")
         return ""
-
-    # -- workers ------------------------------------------------------------------
-
-    def _on_worker(self, identity: bytes, data: bytes) -> None:
-        assert self.pool is not None
-        worker = self.pool.by_identity(identity)
-        try:
-            msg = protocol.decode(data, allowed=protocol.WORKER_TYPES)
-        except protocol.ProtocolError as exc:
-            log.error("worker %r sent a bad message: %s", identity, exc)
-            return
-        if worker is None or worker.state == WorkerState.EXITED:
-            return
-        if msg.type == "worker_ready":
-            if worker.state == WorkerState.STARTING:
-                worker.state = WorkerState.IDLE  # STARTING -> IDLE
-                self._idle.append(worker)
-            elif worker.state == WorkerState.STOPPING:
-                self._send_stop(worker)
-            return
-        task = worker.task
-        if task is None or task.task_id != msg["task_id"]:
-            return  # a result for a task already handed to someone else
-        if msg["ok"]:
-            self._task_ok(task)
-        else:
-            self._task_failed(task, msg.get("error", "unknown error"))
-        self.pool.task_finished(worker, self._send_stop)
-        if worker.state == WorkerState.IDLE:
-            self._idle.append(worker)
-
-    def _send_stop(self, worker: Worker) -> None:
-        self._work.send_multipart([worker.identity, protocol.encode("worker_stop")])
-
-    def _worker_gone(self, worker: Worker) -> None:
-        task = worker.task
-        worker.task = None
-        if task is not None:
-            self._task_failed(task, f"decoder worker {worker.worker_id} died (exit code "
-                                    f"{worker.proc.returncode}) while decoding this clip")
-
-    def _task_ok(self, task: Task) -> None:
-        assert self.ring is not None
-        choice = task.choice
-        views = self.ring.views(task.slot)
-        views.y[task.position] = self.labels[choice.video_index]
-        info = self.infos[choice.video_index]
-        assert info is not None
-        views.provenance[task.position] = (
-            choice.video_index, choice.planned_index, choice.start_frame, self.config.stride,
-            (0, 0, info.height, info.width), 0, int(choice.video_index != choice.planned_index),
-            (0, 0))
-        self.faults.clip_ok(choice.video_index,
-                            replaced=choice.video_index != choice.planned_index)
-        now = time.monotonic()
-        self._last_progress = now
-        self.clips_total += 1
-        self._done_times.append(now)
-        self.sched.clip_done(task.slot, task.position)
-
-    def _task_failed(self, task: Task, reason: str) -> None:
-        delay_s = self.faults.clip_failed(task.choice.video_index, reason)
-        if delay_s is None:
-            self._queue(task, front=True)  # quarantined: _queue picks a stand-in
-        else:
-            self._retries.append((time.monotonic() + delay_s, task))
-
-    def _requeue_due_retries(self, now: float) -> None:
-        due = [task for when, task in self._retries if when <= now]
-        if due:
-            self._retries = [(when, task) for when, task in self._retries if when > now]
-            for task in due:
-                self._queue(task, front=True)
 
     def _publish_slot(self, slot: int, rec: SlotRecord) -> None:
         assert self.ring is not None
@@ -584,11 +425,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         assert self.pool is not None and self.ring is not None
-        now = time.monotonic()
         workers = self.pool.workers.values()
-        while self._done_times and now - self._done_times[0] > _RATE_WINDOW_S:
-            self._done_times.popleft()
-        window_s = min(_RATE_WINDOW_S, max(now - self._mono_start, 1e-3))
         return {
             "version": STATUS_VERSION,
             "name": self.name,
@@ -601,8 +438,8 @@ class Daemon:
             "workers": {"target": self.pool.target, "alive": self.pool.alive(),
                         "busy": sum(w.state == WorkerState.BUSY for w in workers),
                         "restarts": self.pool.died_total},
-            "clips_per_s": round(len(self._done_times) / window_s, 2),
-            "clips_total": self.clips_total,
+            "clips_per_s": self.production.clips_per_s(),
+            "clips_total": self.production.clips_total,
             "errors": self.faults.status(),
             "videos": len(self.manifest),
             "classes": self.manifest.classes,
@@ -611,7 +448,7 @@ class Daemon:
             "ring_mib": round(self.ring.layout.total_bytes / 2**20, 1),
             "clients": len(self._clients),
             "waiting_requests": len(self._waiting),
-            "queued_clips": len(self._tasks),
+            "queued_clips": len(self.production.tasks),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -628,7 +465,7 @@ class Daemon:
         self._waiting = []
         try:
             if self.pool is not None:
-                self.pool.shutdown(self._send_stop, STOP_GRACE_S)
+                self.pool.shutdown(self.production.send_stop, STOP_GRACE_S)
         finally:
             self._teardown()
         log.info("stopped %r", self.name)
