@@ -61,7 +61,6 @@ class WorkerPool:
         self.ring_id = ring_id
         self.target = target
         self.workers: dict[int, Worker] = {}
-        self.spawned_total = 0
         self.died_total = 0  # exits the pool did not ask for
         self._clock = clock
         self._next_id = 0
@@ -95,7 +94,6 @@ class WorkerPool:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
         worker = Worker(worker_id, proc, self._clock())
         self.workers[worker_id] = worker
-        self.spawned_total += 1
         return worker
 
     def reconcile(self, stop: Callable[[Worker], None]) -> list[Worker]:

@@ -104,8 +104,8 @@ class Daemon:
         self._take_lock()
         try:
             self.manifest: Manifest = load_manifest(cfg.manifest)
-            self.faults = FaultLedger([str(row.path) for row in self.manifest.rows],
-                                      cfg.retry_delay_s)
+            video_paths = [str(row.path) for row in self.manifest.rows]
+            self.faults = FaultLedger(video_paths, cfg.retry_delay_s)
             self._probe_all()
             if len(self.faults.quarantine) == len(self.manifest):
                 last = self.faults.last_error or {"reason": ""}
@@ -131,9 +131,8 @@ class Daemon:
             self._poller.register(self._work, zmq.POLLIN)
             self.pool = WorkerPool(self._work_endpoint, self.ring.name, self.ring.ring_id,
                                    cfg.workers)
-            self.production = Production(cfg, [str(r.path) for r in self.manifest.rows],
-                                         self.infos, self.labels, self.ring, self.sched,
-                                         self.pool, self._work, self.faults)
+            self.production = Production(cfg, video_paths, self.infos, self.labels, self.ring,
+                                         self.sched, self.pool, self._work, self.faults)
         except BaseException:
             self._teardown()
             raise

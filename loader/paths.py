@@ -57,10 +57,6 @@ def control_endpoint(name: str) -> str:
     return f"ipc://{runtime_dir(name) / 'control.sock'}"
 
 
-def work_endpoint(name: str) -> str:
-    return f"ipc://{runtime_dir(name) / 'work.sock'}"
-
-
 def control_socket_path(name: str) -> Path:
     return runtime_dir(name) / "control.sock"
 
