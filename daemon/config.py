@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from vidring.loader.paths import check_name
+from vidring.loader.protocol import MAX_WORKERS
 from vidring.loader.ring import DTYPES
 
 
@@ -31,28 +32,38 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _setting(help_: str, default: Any = MISSING, **flag: Any) -> Any:
+    """A field that is also a `vidring serve` flag and a TOML key."""
+    return field(default=default, metadata={"help": help_, **flag})
+
+
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
-    manifest: Path
-    name: str
-    batch_size: int
-    clip_length: int
-    height: int
-    width: int
-    workers: int
-    slots: int = 4
-    seed: int = 0
-    dtype: str = "uint8"
-    stride: int = 1
-    # A decode running longer than this is a stall: the worker is killed, the clip replaced.
-    task_timeout_s: float = 60.0
-    # Leases of a client whose process is alive but silent this long are taken back.
-    lease_timeout_s: float = 60.0
-    # A request finding every slot leased waits this long for a release, then fails.
-    exhausted_wait_s: float = 30.0
-    # First wait before a failed clip is retried (the second waits 4x as long).
-    retry_delay_s: float = 2.0
-    probe_cache: Path | None = None
+    """A pipeline's settings; each field (but height and width: `size`) is a flag and a key."""
+
+    manifest: Path = _setting("CSV (path,label), JSONL, or a folder per class", type=Path)
+    name: str = _setting("pipeline name (the trainer's ClipDataset(name))")
+    batch_size: int = _setting("clips per batch", type=int)
+    clip_length: int = _setting("frames per clip (T)", type=int)
+    height: int = field(metadata={"size": True})
+    width: int = field(metadata={"size": True})
+    workers: int = _setting("decoder processes (default: the cores)", type=int)
+    slots: int = _setting("batches the ring holds (default 4)", 4, type=int)
+    seed: int = _setting("seed of the epoch plan (default 0)", 0, type=int)
+    dtype: str = _setting("element type of x (default uint8)", "uint8", choices=sorted(DTYPES))
+    stride: int = _setting("take every F-th frame (default 1)", 1, type=int)
+    task_timeout_s: float = _setting(
+        "kill a decode stalled this long; the clip is retried (default 60)", 60.0, type=float)
+    lease_timeout_s: float = _setting(
+        "take back leases of a live but silent trainer after this (default 60)", 60.0,
+        type=float)
+    exhausted_wait_s: float = _setting(
+        "how long a request waits when the trainer holds every slot (default 30)", 30.0,
+        type=float)
+    retry_delay_s: float = _setting(
+        "wait before retrying a failed clip (default 2; then 4x)", 2.0, type=float)
+    probe_cache: Path | None = _setting(
+        "folder for probe results (default ~/.cache/vidring/probe)", None, type=Path)
 
     def __post_init__(self) -> None:
         try:
@@ -63,8 +74,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        if not isinstance(self.workers, int) or not 0 <= self.workers <= 1024:
-            raise ConfigError(f"workers: must be 0..1024, got {self.workers!r}")
+        if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"workers: must be 0..{MAX_WORKERS}, got {self.workers!r}")
         if self.slots < 2:
             raise ConfigError("slots: need at least 2 (one leased, one filling)")
         if self.dtype not in DTYPES:
@@ -75,9 +86,10 @@ class ServeConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
 
-    @property
-    def size(self) -> str:
-        return f"{self.height}x{self.width}"
+
+# The settings a user gives (flags, TOML keys): the fields, with size for height and width.
+SETTINGS = [f for f in fields(ServeConfig) if not f.metadata.get("size")]
+SIZE_HELP = "output HxW, e.g. 112x112 (stretched)"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -86,7 +98,7 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config {path}: {exc}") from None
-    known = {f.name for f in fields(ServeConfig)} | {"size"}
+    known = {f.name for f in SETTINGS} | {"size"}
     for key in data:
         if key not in known:
             raise ConfigError(f"config {path}: unknown setting {key!r}")
@@ -102,7 +114,8 @@ def build(settings: dict[str, Any]) -> ServeConfig:
         if required not in values:
             flag = "size" if required == "height" else required.replace("_", "-")
             raise ConfigError(f"{flag}: required (flag --{flag} or the config file)")
-    values.setdefault("workers", default_workers())
+    if values.get("workers") is None:
+        values["workers"] = default_workers()
     values["manifest"] = Path(values["manifest"]).expanduser()
     if values.get("probe_cache") is not None:
         values["probe_cache"] = Path(values["probe_cache"]).expanduser()

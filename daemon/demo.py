@@ -115,30 +115,30 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
             "--slots", "2", *common])
         train = ClipDataset(f"{tag}-train")
         val = ClipDataset(f"{tag}-val")
-        print(f"classes: {train.info['classes']}; {len(train)} batches/epoch of "
-              f"{'x'.join(map(str, train.info['batch_shape']))} {train.info['dtype']}")
+        print(f"classes: {train.info.classes}; {len(train)} batches/epoch of "
+              f"{'x'.join(map(str, train.info.batch_shape))} {train.info.dtype}")
 
         class QueueDepth(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 st = train.status()
-                print(f"  queue depth {st['slots']['ready']}/{st['slots']['total']} ready, "
-                      f"daemon {st['clips_per_s']:.0f} clips/s, {st['workers']['alive']} workers, "
-                      f"{st['errors']['count']} errors")
+                print(f"  queue depth {st.slots.ready}/{st.slots.total} ready, "
+                      f"daemon {st.clips_per_s:.0f} clips/s, {st.workers.alive} workers, "
+                      f"{st.errors.count} errors")
 
-        model = _model(tuple(train.info["batch_shape"][1:]))
+        model = _model(tuple(train.info.batch_shape[1:]))
         fit_started = time.perf_counter()
         history = model.fit(train, epochs=epochs, validation_data=val, verbose=2,
                             callbacks=[QueueDepth()])
         fit_s = time.perf_counter() - fit_started
-        clips = epochs * len(train) * train.info["batch_shape"][0]
+        clips = epochs * len(train) * train.info.batch_shape[0]
         st = train.status()
         train.close()
         val.close()
         acc = history.history["val_accuracy"][-1]
         print(f"trained {epochs} epochs: {clips} clips in {fit_s:.1f} s = "
               f"{clips / fit_s:.0f} clips/s "
-              f"into model.fit (daemon total {st['clips_total']} clips, "
-              f"queue depth {st['slots']['ready']}/{st['slots']['total']})")
+              f"into model.fit (daemon total {st.clips_total} clips, "
+              f"queue depth {st.slots.ready}/{st.slots.total})")
         print(f"validation accuracy {acc:.2f}")
     finally:
         for name, proc in procs.items():

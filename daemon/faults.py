@@ -9,8 +9,10 @@ Quarantined videos' samples get deterministic stand-ins (sampler.replacement).
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import Any
+
+from vidring.loader.status import MAX_REASON_CHARS, RECENT_QUARANTINED, ErrorSummary, FileError
 
 log = logging.getLogger("vidring.daemon")
 
@@ -24,9 +26,11 @@ class FaultLedger:
         self.retry_delay_s = retry_delay_s
         self.quarantine: dict[int, str] = {}  # video -> reason
         self.error_count = 0
-        self.last_error: dict[str, str] | None = None
+        self.last_error: FileError | None = None
         self.replaced_samples = 0
         self._in_a_row: dict[int, int] = {}
+        # Status names only the last few: 2,000 missing files must still fit in one reply.
+        self._recent: collections.deque[FileError] = collections.deque(maxlen=RECENT_QUARANTINED)
 
     def probe_failed(self, video: int, reason: str) -> None:
         self._record(video, f"probe: {reason}", quarantine=True)
@@ -45,18 +49,16 @@ class FaultLedger:
     def _record(self, video: int, reason: str, *, quarantine: bool) -> None:
         path = self._paths[video]
         self.error_count += 1
-        self.last_error = {"path": path, "reason": reason}
+        self.last_error = FileError(path=path, reason=reason[:MAX_REASON_CHARS])
         if quarantine:
             self.quarantine[video] = reason
+            self._recent.append(self.last_error)
             log.warning("quarantined %s: %s", path, reason)
         else:
             log.warning("will retry %s: %s", path, reason)
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "count": self.error_count,
-            "last": self.last_error,
-            "quarantined": [{"path": self._paths[v], "reason": r}
-                            for v, r in sorted(self.quarantine.items())],
-            "replaced_samples": self.replaced_samples,
-        }
+    def summary(self) -> ErrorSummary:
+        return ErrorSummary(count=self.error_count, last=self.last_error,
+                            quarantined=len(self.quarantine),
+                            recent_quarantined=list(self._recent),
+                            replaced_samples=self.replaced_samples)

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from vidring.daemon import commands
+from vidring.loader import protocol
 from vidring.loader.client import Client, DaemonUnavailable, VidringError
 
 # How often to retry connecting while a daemon starts (it probes videos first).
@@ -29,8 +31,8 @@ def start_daemon(name: str, serve_args: list[str], *, timeout_s: float = 60.0,
             raise DaemonUnavailable(f"daemon {name!r} exited with code {code} while starting")
         try:
             with Client(name, timeout_s=1.0, heartbeat=False) as client:
-                status = client.request("status")
-            if status.get("pid") == proc.pid:
+                status = client.status()
+            if status.pid == proc.pid:
                 return proc
         except VidringError:
             pass
@@ -46,7 +48,8 @@ def stop_daemon(name: str, proc: subprocess.Popen[bytes], *, timeout_s: float = 
     if proc.poll() is None:
         try:
             with Client(name, timeout_s=2.0, heartbeat=False) as client:
-                client.request("stop")
+                stop = commands.Stop.Request()
+                client.call(stop, protocol.Empty)
         except VidringError:
             proc.terminate()
     try:

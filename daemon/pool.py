@@ -1,18 +1,34 @@
-"""The decoder processes: start, watch, scale, stop.  See NOTE [ shutdown ] in server.py.
+"""The decoder processes: the work socket, every worker's state, scaling, restarts, stops.
 
-Worker states, each transition written where it happens:
-    STARTING -> IDLE     its worker_ready arrived
-    IDLE -> BUSY         a task was sent to it
-    BUSY -> IDLE         its task_done arrived
-    * -> STOPPING        scaled down or shutting down; a BUSY one finishes its clip first
-    * -> EXITED          its process is gone (any task it held is handed back)
+WorkerPool alone changes a worker's state.  Workers pull work: a worker that is
+IDLE has said so (worker_ready or its last task_done) and gets the next task.
+States, each transition written where it happens:
 
-Scaling only changes `target`; reconcile() starts or stops processes.
+    STARTING -> IDLE       its worker_ready arrived
+    IDLE -> BUSY           assign(): a task was sent to it
+    BUSY -> IDLE           its task_done arrived
+    IDLE -> STOPPING       scaled down: worker_stop now, SIGTERM and SIGKILL on deadlines
+    BUSY -> STOPPING       scaled down (it finishes its clip first), or its decode ran
+                           past the task timeout (SIGKILL now; started again once gone)
+    STARTING -> STOPPING   scaled down (one not ready within START_TIMEOUT_S is killed
+                           and stays STARTING: a failed start when reaped)
+    * -> EXITED            its process is gone; a worker still wanted goes on:
+    EXITED -> STARTING     at once, after a crash of a worker that ran a while
+    EXITED -> BACKOFF      a failed start (it could not be spawned, was never ready, or
+                           died within CRASH_WINDOW_S): started again after a delay
+    BACKOFF -> STARTING    the delay passed
+    EXITED -> FATAL        MAX_FAILED_STARTS failed starts in a row: given up on
+    FATAL -> BACKOFF       set_target() (an operator's `vidring scale` is the retry)
+    BACKOFF/FATAL -> EXITED  scaled down
+
+Scaling only changes the target; reconcile(), called every tick of the
+daemon's loop, starts and stops processes.  See NOTE [ shutdown ] in server.py.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import signal
 import subprocess
@@ -20,14 +36,27 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-# A worker told to stop gets this long to exit before SIGKILL.
+import zmq
+
+from vidring.daemon.tasks import Task
+from vidring.loader import protocol
+from vidring.loader.status import WorkerCounts
+
+log = logging.getLogger("vidring.daemon")
+
+# Each step of a stop (worker_stop, SIGTERM, SIGKILL) waits this long for the exit.
 STOP_GRACE_S = 3.0
-# Respawn a worker that dies this soon after starting only after a pause, so a
-# worker that cannot start does not spin the CPU.
+# A worker that dies this soon after its start failed to start.
 CRASH_WINDOW_S = 5.0
+# A worker not ready this long after its start is stuck (an import hanging on a mount).
+START_TIMEOUT_S = 60.0
+# After the n-th failed start in a row, wait RESPAWN_BACKOFF_S * 2**(n-1) before the next.
 RESPAWN_BACKOFF_S = 1.0
+MAX_FAILED_STARTS = 5
+_NEVER = float("inf")
+_DRAIN_LIMIT = 1000  # messages per receive(), so a flood cannot starve the control socket
 
 
 class WorkerState(enum.IntEnum):
@@ -35,143 +64,336 @@ class WorkerState(enum.IntEnum):
     IDLE = 1
     BUSY = 2
     STOPPING = 3
-    EXITED = 4
+    BACKOFF = 4
+    FATAL = 5
+    EXITED = 6
 
 
-@dataclass(slots=True)
+class Process(Protocol):
+    """What the pool needs of a worker process; subprocess.Popen is one."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | Any: ...
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+# Starts a worker process that will connect with this ZeroMQ identity.
+Starter = Callable[[bytes], Process]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A task handed back by the pool: done (error == "") or failed with its reason."""
+
+    task: Task
+    error: str
+
+
+@dataclass(slots=True, eq=False)
 class Worker:
     worker_id: int
-    proc: subprocess.Popen[bytes]
-    started_at: float
-    state: WorkerState = WorkerState.STARTING
-    task: Any = None  # the task it holds, if any
+    state: WorkerState = WorkerState.EXITED
+    proc: Process | None = None
+    generation: int = 0  # one per process started, so a late message of an earlier one is ignored
+    started_at: float = 0.0
+    failed_starts: int = 0  # in a row
+    task: Task | None = None
     task_started: float = 0.0
-    stop_deadline: float = 0.0
+    deadline: float = _NEVER  # STARTING: ready by; STOPPING: next signal; BACKOFF: start at
+    signals_sent: int = 0  # STOPPING: 0 worker_stop only, 1 SIGTERM, 2 SIGKILL
+    respawn: bool = False  # STOPPING: start it again once it is gone
 
     @property
     def identity(self) -> bytes:
-        return f"w{self.worker_id}".encode()
+        return f"w{self.worker_id}.{self.generation}".encode()
 
 
 class WorkerPool:
-    def __init__(self, endpoint: str, segment: str, ring_id: int, target: int, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.endpoint = endpoint
-        self.segment = segment
-        self.ring_id = ring_id
-        self.target = target
-        self.workers: dict[int, Worker] = {}
-        self.died_total = 0  # exits the pool did not ask for
+    def __init__(self, socket: zmq.Socket[Any], starter: Starter, target: int, *,
+                 task_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.socket = socket
+        self._starter = starter
+        self._target = target
+        self._task_timeout_s = task_timeout_s
         self._clock = clock
+        self._workers: dict[int, Worker] = {}
+        self._by_identity: dict[bytes, Worker] = {}
         self._next_id = 0
-        self._hold_spawn_until = 0.0
+        self.restarts = 0
+        self.last_error = ""
 
-    # -- queries ----------------------------------------------------------------
+    # -- queries ------------------------------------------------------------------
 
-    def by_identity(self, identity: bytes) -> Worker | None:
-        try:
-            return self.workers.get(int(identity[1:]))
-        except ValueError:
-            return None
+    @property
+    def target(self) -> int:
+        return self._target
+
+    def workers(self) -> list[Worker]:
+        return list(self._workers.values())
+
+    def idle(self) -> list[Worker]:
+        return [w for w in self._workers.values() if w.state == WorkerState.IDLE]
 
     def alive(self) -> int:
-        return sum(w.state != WorkerState.EXITED for w in self.workers.values())
+        return sum(w.proc is not None for w in self._workers.values())
 
-    def serving(self) -> list[Worker]:
-        """Workers that count towards the target (not stopping)."""
-        return [w for w in self.workers.values()
-                if w.state in (WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY)]
+    def counts(self) -> WorkerCounts:
+        states = [w.state for w in self._workers.values()]
+        return WorkerCounts(
+            target=self._target, alive=self.alive(), starting=states.count(WorkerState.STARTING),
+            idle=states.count(WorkerState.IDLE), busy=states.count(WorkerState.BUSY),
+            stopping=states.count(WorkerState.STOPPING),
+            backoff=states.count(WorkerState.BACKOFF), fatal=states.count(WorkerState.FATAL),
+            restarts=self.restarts, last_error=self.last_error)
 
-    # -- life cycle -----------------------------------------------------------
+    # -- commands -----------------------------------------------------------------
 
-    def _spawn(self) -> Worker:
-        worker_id = self._next_id
-        self._next_id += 1
-        cmd = [sys.executable, "-m", "vidring.daemon.worker", "--endpoint", self.endpoint,
-               "--segment", self.segment, "--ring-id", str(self.ring_id),
-               "--worker-id", str(worker_id),
-               "--parent-pid", str(os.getpid())]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
-        worker = Worker(worker_id, proc, self._clock())
-        self.workers[worker_id] = worker
-        return worker
-
-    def reconcile(self, stop: Callable[[Worker], None]) -> list[Worker]:
-        """Move toward `target`; returns workers that exited since the last call.
-
-        `stop(worker)` asks an IDLE worker to exit (a worker_stop message).
-        """
+    def set_target(self, target: int) -> int:
+        """Change the worker count (reconcile() acts on it); returns the previous target."""
+        previous, self._target = self._target, target
         now = self._clock()
-        exited = self._reap(now)
-        serving = self.serving()
-        if len(serving) < self.target and now >= self._hold_spawn_until:
-            for _ in range(self.target - len(serving)):
-                self._spawn()
-        elif len(serving) > self.target:
-            # Idle ones first, newest first: a busy one finishes its clip before it goes.
-            surplus = sorted(serving, key=lambda w: (w.state == WorkerState.BUSY, -w.worker_id))
-            for worker in surplus[: len(serving) - self.target]:
-                self._begin_stop(worker, now, stop)
-        for worker in self.workers.values():
-            if worker.state == WorkerState.STOPPING and now >= worker.stop_deadline:
-                worker.proc.kill()
-        return exited
+        for worker in self._workers.values():
+            if worker.state == WorkerState.FATAL:
+                worker.state = WorkerState.BACKOFF  # FATAL -> BACKOFF: retried now
+                worker.failed_starts = 0
+                worker.deadline = now
+        return previous
 
-    def _begin_stop(self, worker: Worker, now: float, stop: Callable[[Worker], None]) -> None:
-        was_idle = worker.state == WorkerState.IDLE
-        worker.state = WorkerState.STOPPING  # IDLE/BUSY/STARTING -> STOPPING
-        worker.stop_deadline = now + STOP_GRACE_S + (0 if was_idle else 3600)
-        if was_idle:
-            stop(worker)
-        elif worker.task is None:
-            worker.proc.terminate()  # STARTING: nothing to lose
+    def assign(self, worker: Worker, task: Task, payload: bytes) -> None:
+        """Send an IDLE worker its task (`payload`, an encoded protocol.Task)."""
+        assert worker.state == WorkerState.IDLE, worker
+        self.socket.send_multipart([worker.identity, payload])
+        worker.state = WorkerState.BUSY  # IDLE -> BUSY
+        worker.task = task
+        worker.task_started = self._clock()
 
-    def task_finished(self, worker: Worker, stop: Callable[[Worker], None]) -> None:
-        """A STOPPING worker that just finished its clip can go now."""
+    # -- messages from workers ----------------------------------------------------------
+
+    def receive(self) -> list[Finished]:
+        """Handle the messages waiting on the work socket; returns the tasks they finished."""
+        finished = []
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) == 2:
+                done = self.handle(frames[0], frames[1])
+                if done is not None:
+                    finished.append(done)
+        return finished
+
+    def handle(self, identity: bytes, data: bytes) -> Finished | None:
+        try:
+            msg = protocol.decode(data, protocol.WORKER_MESSAGES)
+        except protocol.ProtocolError as exc:
+            log.error("worker %r sent a bad message: %s", identity, exc)
+            return None
+        worker = self._by_identity.get(identity)
+        if worker is None:
+            return None  # from a process already gone
+        if isinstance(msg, protocol.WorkerReady):
+            if worker.state == WorkerState.STARTING:
+                worker.state = WorkerState.IDLE  # STARTING -> IDLE
+                worker.deadline = _NEVER
+            return None
+        assert isinstance(msg, protocol.TaskDone)
+        task = worker.task
+        if task is None or task.task_id != msg.task_id:
+            return None  # a result for a task already handed back
         worker.task = None
         if worker.state == WorkerState.STOPPING:
-            worker.stop_deadline = self._clock() + STOP_GRACE_S
-            stop(worker)
+            self._send_stop(worker, self._clock())  # its clip is done: now it can go
         else:
             worker.state = WorkerState.IDLE  # BUSY -> IDLE
+        return Finished(task, msg.error)
 
-    def kill(self, worker: Worker) -> None:
-        """For a stalled decode: the process goes now, its task is handed back on reap."""
-        worker.state = WorkerState.STOPPING  # BUSY -> STOPPING (killed)
-        worker.stop_deadline = self._clock()
-        worker.proc.kill()
+    # -- the loop's tick ----------------------------------------------------------------
 
-    def _reap(self, now: float) -> list[Worker]:
-        exited = []
-        for worker_id, worker in list(self.workers.items()):
-            if worker.proc.poll() is None:
+    def reconcile(self) -> list[Finished]:
+        """Reap, restart, scale and escalate stops; returns the tasks of workers lost."""
+        now = self._clock()
+        lost = self._reap(now) + self._kill_stalled(now)
+        counted = [w for w in self._workers.values() if w.state != WorkerState.STOPPING]
+        for _ in range(self._target - len(counted)):
+            worker = Worker(self._next_id)
+            self._next_id += 1
+            self._workers[worker.worker_id] = worker
+            self._start(worker, now)
+        if len(counted) > self._target:
+            # What costs least first: nothing running, then starting, idle, and busy last;
+            # the newest first within each.
+            order = (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.STARTING,
+                     WorkerState.IDLE, WorkerState.BUSY)
+            surplus = sorted(counted, key=lambda w: (order.index(w.state), -w.worker_id))
+            for worker in surplus[: len(counted) - self._target]:
+                self._begin_stop(worker, now)
+        for worker in list(self._workers.values()):
+            if now < worker.deadline:
                 continue
-            if worker.state != WorkerState.STOPPING:
-                self.died_total += 1
-                if now - worker.started_at < CRASH_WINDOW_S:
-                    self._hold_spawn_until = now + RESPAWN_BACKOFF_S
-            worker.state = WorkerState.EXITED  # * -> EXITED
-            del self.workers[worker_id]
-            exited.append(worker)
-        return exited
+            if worker.state == WorkerState.BACKOFF:
+                self._start(worker, now)  # BACKOFF -> STARTING
+            elif worker.state == WorkerState.STARTING:
+                log.warning("decoder worker %d not ready after %g s: killing it",
+                            worker.worker_id, START_TIMEOUT_S)
+                worker.deadline = _NEVER
+                if worker.proc is not None:
+                    worker.proc.send_signal(signal.SIGKILL)
+            elif worker.state == WorkerState.STOPPING and worker.task is None:
+                self._signal(worker, signal.SIGKILL if worker.signals_sent else signal.SIGTERM,
+                             now)
+        return lost
 
-    def shutdown(self, stop: Callable[[Worker], None], deadline_s: float) -> None:
-        """Ask every worker to stop, wait until `deadline_s`, then SIGKILL and reap all."""
-        self.target = 0
-        for worker in self.workers.values():
-            if worker.state == WorkerState.IDLE:
-                stop(worker)
-            else:
-                worker.proc.send_signal(signal.SIGTERM)
-            worker.state = WorkerState.STOPPING
-        end = self._clock() + deadline_s
-        for worker in self.workers.values():
+    def _start(self, worker: Worker, now: float) -> None:
+        worker.generation += 1
+        worker.respawn = False
+        try:
+            proc = self._starter(worker.identity)
+        except OSError as exc:
+            self._failed_start(worker, now, f"cannot start decoder worker {worker.worker_id}: "
+                                            f"{exc}")
+            return
+        worker.proc = proc
+        self._by_identity[worker.identity] = worker
+        worker.state = WorkerState.STARTING  # EXITED/BACKOFF -> STARTING
+        worker.started_at = now
+        worker.deadline = now + START_TIMEOUT_S
+        worker.signals_sent = 0
+
+    def _failed_start(self, worker: Worker, now: float, reason: str) -> None:
+        worker.failed_starts += 1
+        self.last_error = reason
+        if worker.failed_starts >= MAX_FAILED_STARTS:
+            worker.state = WorkerState.FATAL  # EXITED -> FATAL
+            worker.deadline = _NEVER
+            log.error("%s; %d failed starts in a row, giving up on it (`vidring scale` tries "
+                      "again)", reason, worker.failed_starts)
+        else:
+            delay_s = RESPAWN_BACKOFF_S * 2 ** (worker.failed_starts - 1)
+            worker.state = WorkerState.BACKOFF  # EXITED -> BACKOFF
+            worker.deadline = now + delay_s
+            log.warning("%s; starting it again in %g s", reason, delay_s)
+
+    def _begin_stop(self, worker: Worker, now: float) -> None:
+        if worker.state in (WorkerState.BACKOFF, WorkerState.FATAL):
+            worker.state = WorkerState.EXITED  # BACKOFF/FATAL -> EXITED: nothing runs
+            del self._workers[worker.worker_id]
+        elif worker.state == WorkerState.IDLE:
+            self._send_stop(worker, now)  # IDLE -> STOPPING
+        elif worker.state == WorkerState.BUSY:
+            worker.state = WorkerState.STOPPING  # BUSY -> STOPPING, after its clip
+            worker.deadline = _NEVER
+        elif worker.state == WorkerState.STARTING:
+            self._signal(worker, signal.SIGTERM, now)  # STARTING -> STOPPING
+
+    def _send_stop(self, worker: Worker, now: float) -> None:
+        self.socket.send_multipart([worker.identity, protocol.encode(protocol.WorkerStop())])
+        worker.state = WorkerState.STOPPING
+        worker.deadline = now + STOP_GRACE_S
+
+    def _signal(self, worker: Worker, sig: int, now: float) -> None:
+        worker.state = WorkerState.STOPPING
+        worker.deadline = now + STOP_GRACE_S if sig != signal.SIGKILL else _NEVER
+        worker.signals_sent += 1
+        if worker.proc is not None:
             try:
-                worker.proc.wait(timeout=max(0.0, end - self._clock()))
+                worker.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass  # exited already; the next reap sees it
+
+    def _kill_stalled(self, now: float) -> list[Finished]:
+        lost = []
+        for worker in self._workers.values():
+            task = worker.task
+            if task is None or now - worker.task_started <= self._task_timeout_s:
+                continue
+            worker.task = None
+            worker.respawn = worker.state == WorkerState.BUSY  # not if it was scaled down
+            self._signal(worker, signal.SIGKILL, now)  # BUSY/STOPPING -> STOPPING (killed)
+            self.restarts += 1
+            lost.append(Finished(task, f"decode stalled for over {self._task_timeout_s:g} s; "
+                                       f"worker {worker.worker_id} killed"))
+        return lost
+
+    def _reap(self, now: float) -> list[Finished]:
+        lost = []
+        for worker in list(self._workers.values()):
+            if worker.proc is None or worker.proc.poll() is None:
+                continue
+            code = worker.proc.returncode
+            del self._by_identity[worker.identity]
+            worker.proc = None
+            if worker.task is not None:
+                lost.append(Finished(worker.task, f"decoder worker {worker.worker_id} died "
+                                                  f"(exit code {code}) while decoding this clip"))
+                worker.task = None
+            asked, respawn = worker.state == WorkerState.STOPPING, worker.respawn
+            never_ready = worker.state == WorkerState.STARTING
+            worker.state = WorkerState.EXITED  # * -> EXITED
+            if asked and not respawn:
+                del self._workers[worker.worker_id]  # scaled down: gone for good
+            elif asked:
+                self._start(worker, now)  # EXITED -> STARTING (killed while stalled or stuck)
+            else:
+                self.restarts += 1
+                ran_s = now - worker.started_at
+                reason = (f"decoder worker {worker.worker_id} exited with code {code} after "
+                          f"{ran_s:.1f} s")
+                if never_ready or ran_s < CRASH_WINDOW_S:
+                    self._failed_start(worker, now, reason)
+                else:
+                    self.last_error = reason
+                    log.warning("%s; starting it again", reason)
+                    worker.failed_starts = 0
+                    self._start(worker, now)  # EXITED -> STARTING
+        return lost
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def shutdown(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop every worker: see NOTE [ shutdown ] in server.py.  Blocks up to grace_s + 5 s."""
+        self._target = 0
+        now = self._clock()
+        for worker in list(self._workers.values()):
+            if worker.state == WorkerState.IDLE:
+                self._send_stop(worker, now)
+            elif worker.proc is not None:
+                worker.task = None  # abandoned: nobody reads this slot again
+                self._signal(worker, signal.SIGTERM, now)
+        end = time.monotonic() + grace_s
+        for worker in self._workers.values():
+            if worker.proc is None:
+                continue
+            try:
+                worker.proc.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                worker.proc.kill()
+                worker.proc.send_signal(signal.SIGKILL)
                 try:
                     worker.proc.wait(timeout=5.0)
                 except subprocess.TimeoutExpired:
                     pass  # stuck in the kernel (a hung mount); init reaps it when it dies
-        self.workers.clear()
+        self._workers.clear()
+        self._by_identity.clear()
+
+
+def python_starter(endpoint: str, segment: str, ring_id: int) -> Starter:
+    """Workers as `python -m vidring.daemon.worker`, under the daemon's interpreter or
+    VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
+    python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
+    parent = str(os.getpid())
+
+    def start(identity: bytes) -> Process:
+        cmd = [python, "-m", "vidring.daemon.worker", "--endpoint", endpoint,
+               "--segment", segment, "--ring-id", str(ring_id), "--identity", identity.decode(),
+               "--parent-pid", parent]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+
+    return start

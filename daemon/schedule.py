@@ -11,6 +11,9 @@ Slot states (ring.SlotState), each transition made in one place here:
     LEASED -> FREE    release() of its last lease; the content stays valid, so
                       a repeated request finds it until the slot is refilled
 
+Leases live in one table here, each with its owner (the client's ZeroMQ
+identity), so a client's leases are released by owner when it goes.
+
 What to fill: the keys the trainer waits on, then the next plan batches in
 order (crossing into the next epoch), as many as there are slots that are
 not leased.  A slot is only ever refilled if its content is not among those.
@@ -22,8 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vidring.loader.ring import SlotState
+from vidring.loader.status import SlotCounts
 
 Key = tuple[int, int]  # (epoch, plan batch)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    slot: int
+    owner: bytes
 
 
 @dataclass(slots=True)
@@ -32,7 +42,6 @@ class SlotRecord:
     key: Key | None = None
     valid: bool = False  # content of `key` is complete
     fill_seq: int = 0
-    leases: set[int] = field(default_factory=set)
     remaining: set[int] = field(default_factory=set)  # positions still decoding
 
 
@@ -49,7 +58,7 @@ class Scheduler:
         self._on_change = on_change
         self._content: dict[Key, int] = {}  # key -> slot filling or holding it
         self._index_maps: dict[int, dict[int, int]] = {}
-        self._leases: dict[int, int] = {}  # lease id -> slot
+        self._leases: dict[int, Lease] = {}
         self._next_lease = first_lease_id
 
     # -- requests ------------------------------------------------------------
@@ -79,28 +88,38 @@ class Scheduler:
     def all_leased(self) -> bool:
         return all(rec.state == SlotState.LEASED for rec in self.slots)
 
-    def lease(self, slot: int) -> int:
+    def lease(self, slot: int, owner: bytes) -> int:
         rec = self.slots[slot]
         assert rec.valid, "lease of a slot without complete content"
         lease_id = self._next_lease
         self._next_lease += 1
-        rec.leases.add(lease_id)
-        self._leases[lease_id] = slot
+        self._leases[lease_id] = Lease(slot, owner)
         if rec.state != SlotState.LEASED:
             rec.state = SlotState.LEASED  # READY/FREE(valid) -> LEASED
             self._on_change(slot, rec)
         return lease_id
 
-    def release(self, lease_id: int) -> bool:
-        slot = self._leases.pop(lease_id, None)
-        if slot is None:
+    def release(self, lease_id: int, owner: bytes) -> bool:
+        """Give back one lease; only its owner can."""
+        lease = self._leases.get(lease_id)
+        if lease is None or lease.owner != owner:
             return False
-        rec = self.slots[slot]
-        rec.leases.discard(lease_id)
-        if not rec.leases:
+        del self._leases[lease_id]
+        if not any(other.slot == lease.slot for other in self._leases.values()):
+            rec = self.slots[lease.slot]
             rec.state = SlotState.FREE  # LEASED -> FREE, content kept for repeats
-            self._on_change(slot, rec)
+            self._on_change(lease.slot, rec)
         return True
+
+    def release_owner(self, owner: bytes) -> int:
+        """Give back every lease of `owner` (a client that left); returns how many."""
+        mine = [lease_id for lease_id, lease in self._leases.items() if lease.owner == owner]
+        for lease_id in mine:
+            self.release(lease_id, owner)
+        return len(mine)
+
+    def held_by(self, owner: bytes) -> int:
+        return sum(lease.owner == owner for lease in self._leases.values())
 
     # -- filling -------------------------------------------------------------
 
@@ -173,15 +192,15 @@ class Scheduler:
             return True
         return False
 
-    # -- clients -------------------------------------------------------------
+    # -- status --------------------------------------------------------------
 
     def lease_slot(self, lease_id: int) -> int | None:
-        return self._leases.get(lease_id)
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.slot
 
-    def counts(self) -> dict[str, int]:
-        names = {SlotState.FREE: "free", SlotState.FILLING: "filling",
-                 SlotState.READY: "ready", SlotState.LEASED: "leased"}
-        out = {"total": len(self.slots), "free": 0, "filling": 0, "ready": 0, "leased": 0}
-        for rec in self.slots:
-            out[names[rec.state]] += 1
-        return out
+    def counts(self) -> SlotCounts:
+        states = [rec.state for rec in self.slots]
+        return SlotCounts(total=len(states), free=states.count(SlotState.FREE),
+                          filling=states.count(SlotState.FILLING),
+                          ready=states.count(SlotState.READY),
+                          leased=states.count(SlotState.LEASED))

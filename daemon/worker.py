@@ -13,7 +13,6 @@ import ctypes
 import os
 import signal
 import sys
-import time
 
 import zmq
 
@@ -35,7 +34,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(endpoint: str, segment: str, ring_id: int, worker_id: int, parent_pid: int) -> int:
+def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: int) -> int:
     _die_with_parent()
     # Ctrl-C in the daemon's terminal reaches the whole process group; the
     # daemon decides when workers stop.
@@ -51,19 +50,18 @@ def run(endpoint: str, segment: str, ring_id: int, worker_id: int, parent_pid: i
     decoder = ClipDecoder(lay.height, lay.width)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-    sock.setsockopt(zmq.IDENTITY, f"w{worker_id}".encode())
+    protocol.configure(sock)
+    sock.setsockopt(zmq.IDENTITY, identity.encode())  # the pool knows this process by it
     sock.connect(endpoint)
-    sock.send(protocol.encode("worker_ready", worker_id=worker_id, pid=os.getpid()))
+    sock.send(protocol.encode(protocol.WorkerReady()))
     try:
         while os.getppid() == parent_pid:
             if not sock.poll(int(_POLL_TIMEOUT_S * 1000)):
                 continue
-            msg = protocol.decode(sock.recv(), allowed=frozenset({"task", "worker_stop"}))
-            if msg.type == "worker_stop":
-                break
-            sock.send(_do_task(decoder, ring, worker_id, msg))
+            msg = protocol.decode(sock.recv(), protocol.DAEMON_TO_WORKER)
+            if not isinstance(msg, protocol.Task):
+                break  # worker_stop
+            sock.send(_do_task(decoder, ring, identity, msg))
     finally:
         decoder.close()
         sock.close(linger=0)
@@ -72,21 +70,16 @@ def run(endpoint: str, segment: str, ring_id: int, worker_id: int, parent_pid: i
     return 0
 
 
-def _do_task(decoder: ClipDecoder, ring: Ring, worker_id: int, msg: protocol.Message) -> bytes:
-    started = time.perf_counter()
-    path = msg["path"]
+def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Task) -> bytes:
     error = ""
     try:
-        out = ring.sample_array(msg["slot"], msg["position"])
-        decoder.decode_into(path, msg["key_pts"], msg["key_dts"], msg["frame_pts"], out)
+        out = ring.sample_array(task.slot, task.position)
+        decoder.decode_into(task.path, task.key_pts, task.key_dts, task.frame_pts, out)
     except DecodeError as exc:
-        error = f"in decoder worker {worker_id}: {exc}"
+        error = f"in decoder worker {identity}: {exc}"
     except Exception as exc:  # noqa: BLE001 - any failure of one clip is reported, not fatal
-        error = f"in decoder worker {worker_id}, file {path}: {type(exc).__name__}: {exc}"
-    return protocol.encode(
-        "task_done", worker_id=worker_id, task_id=msg["task_id"], ok=not error, error=error,
-        seconds=time.perf_counter() - started,
-    )
+        error = f"in decoder worker {identity}, file {task.path}: {type(exc).__name__}: {exc}"
+    return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--segment", required=True)
     parser.add_argument("--ring-id", type=int, required=True)
-    parser.add_argument("--worker-id", type=int, required=True)
+    parser.add_argument("--identity", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
-    return run(args.endpoint, args.segment, args.ring_id, args.worker_id, args.parent_pid)
+    return run(args.endpoint, args.segment, args.ring_id, args.identity, args.parent_pid)
 
 
 if __name__ == "__main__":

@@ -13,19 +13,23 @@ import itertools
 import os
 import threading
 import time
-from typing import Any
+from typing import TypeVar
 
+import msgspec
 import psutil
 import zmq
 
 from vidring.loader import paths, protocol
+from vidring.loader.status import StatusRecord
 
 # Ping a daemon this often while waiting on a batch, so a slow batch is not a dead daemon.
 PING_INTERVAL_S = 0.5
-# The daemon drops a silent client's leases only after this; see server.py.
+# Any message keeps a client's leases; the daemon takes them back after
+# `--lease-timeout-s` of silence (server.py), so beat well within it.
 HEARTBEAT_INTERVAL_S = 1.0
 # While waiting, wake this often to send releases queued by other threads.
 _SLICE_S = 0.05
+R = TypeVar("R")
 
 
 class VidringError(Exception):
@@ -64,9 +68,8 @@ class Client:
             )
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        self._sock.connect(paths.control_endpoint(name))
+        protocol.configure(self._sock)
+        self._sock.connect(f"ipc://{sock_path}")
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending_releases: collections.deque[int] = collections.deque()
@@ -80,21 +83,32 @@ class Client:
 
     # -- public -----------------------------------------------------------
 
-    def hello(self) -> dict[str, Any]:
-        info = self.request("hello", client_pid=os.getpid(), pid_ns=pid_namespace())
+    def hello(self) -> protocol.HelloReply:
+        info = self.call(protocol.Hello(client_pid=os.getpid(), pid_ns=pid_namespace()),
+                         protocol.HelloReply)
         # A daemon in another pid namespace (across a container boundary) has a pid
         # that means nothing here: rely on the timeout alone.
-        same_ns = info.get("pid_ns", 0) in (0, pid_namespace())
-        self.daemon_pid = info.get("pid") if same_ns else None
+        same_ns = info.pid_ns in (0, pid_namespace())
+        self.daemon_pid = info.pid if same_ns else None
         if self._heartbeat is not None and not self._heartbeat.is_alive():
             self._heartbeat.start()
         return info
 
-    def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+    def get_batch(self, epoch: int, index: int) -> protocol.Lease:
+        return self.call(protocol.GetBatch(epoch=epoch, index=index), protocol.Lease)
+
+    def status(self) -> StatusRecord:
+        return self.call(protocol.Status(), StatusRecord)
+
+    def call(self, request: protocol.Request, reply_type: type[R]) -> R:
         """Send one request and wait for its reply (bounded by timeout_s)."""
+        if request.reply_type is not reply_type:
+            raise TypeError(f"{type(request).__name__} is answered with "
+                            f"{request.reply_type}, not {reply_type}")
         with self._lock:
             self._flush_releases()
-            return self._roundtrip(type_, fields)
+            reply = self._roundtrip(request)
+        return protocol.decode_body(reply, reply_type)
 
     def release(self, lease_id: int) -> None:
         """Give a lease back; safe from any thread, never blocks."""
@@ -116,7 +130,7 @@ class Client:
             try:
                 self._flush_releases()
                 # bye releases every lease this client still holds.
-                self._sock.send(protocol.encode("bye"), zmq.NOBLOCK)
+                self._sock.send(protocol.encode(protocol.Bye()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             self._sock.close(linger=0)
@@ -130,19 +144,20 @@ class Client:
 
     # -- internals ----------------------------------------------------------
 
-    def _roundtrip(self, type_: str, fields: dict[str, Any]) -> dict[str, Any]:
+    def _roundtrip(self, request: protocol.Request) -> protocol.Reply:
         if self._closed:
             raise DaemonUnavailable(f"pipeline {self.name!r}: client is closed")
-        protocol.check(type_, **fields)  # a bad request fails here, not as a silent wait
+        protocol.check(request)  # a bad request fails here, not as a silent wait
         req_id = next(self._ids)
-        self._send(protocol.encode(type_, req_id, **fields))
+        what = protocol.type_name(type(request))
+        self._send(protocol.encode(msgspec.structs.replace(request, id=req_id)))
         last_heard = time.monotonic()
         next_ping = last_heard + PING_INTERVAL_S
         while True:
             now = time.monotonic()
             if now - last_heard > self.timeout_s:
                 raise DaemonUnavailable(
-                    f"pipeline {self.name!r}: daemon did not answer {type_!r} "
+                    f"pipeline {self.name!r}: daemon did not answer {what!r} "
                     f"within {self.timeout_s:g} s"
                 )
             # Releases queued by other threads while we wait must still go out:
@@ -150,26 +165,29 @@ class Client:
             self._flush_releases()
             wait_s = max(0.0, min(next_ping, last_heard + self.timeout_s, now + _SLICE_S) - now)
             if self._sock.poll(int(wait_s * 1000) + 1, zmq.POLLIN):
-                msg = protocol.decode(self._sock.recv())
+                msg = protocol.decode(self._sock.recv(), protocol.ANSWERS)
                 last_heard = time.monotonic()
-                if msg.id == req_id or (msg.type == "error" and msg.id == 0):
-                    if msg.type == "error":
-                        raise _error_for(self.name, msg["code"], msg["message"])
-                    return msg.fields
+                if isinstance(msg, protocol.ErrorReply) and msg.id in (req_id, 0):
+                    raise _error_for(self.name, msg.code, msg.message)
+                if isinstance(msg, protocol.Reply) and msg.id == req_id:
+                    return msg
                 self._discard(msg)
             elif time.monotonic() >= next_ping:
                 if self.daemon_pid is not None and not pid_alive(self.daemon_pid):
                     raise DaemonUnavailable(
                         f"pipeline {self.name!r}: daemon (pid {self.daemon_pid}) has exited"
                     )
-                self._send(protocol.encode("ping", 0))
+                self._send(protocol.encode(protocol.Ping()))
                 next_ping = time.monotonic() + PING_INTERVAL_S
 
     def _discard(self, msg: protocol.Message) -> None:
         # A lease granted to a request we gave up on must still be given back.
-        lease_id = msg.get("lease_id")
-        if msg.type == "reply" and isinstance(lease_id, int):
-            self._send(protocol.encode("release", lease_ids=[lease_id]))
+        if isinstance(msg, protocol.Reply) and msg.id != 0:
+            try:
+                lease = protocol.decode_body(msg, protocol.Lease)
+            except protocol.ProtocolError:
+                return  # not a lease: nothing to give back
+            self._send(protocol.encode(protocol.Release(lease_ids=[lease.lease_id])))
 
     def _send(self, data: bytes) -> None:
         try:
@@ -183,7 +201,7 @@ class Client:
             ids.append(self._pending_releases.popleft())
         if ids and not self._closed:
             try:
-                self._send(protocol.encode("release", lease_ids=ids))
+                self._send(protocol.encode(protocol.Release(lease_ids=ids)))
             except DaemonUnavailable:
                 pass  # the daemon drops a gone client's leases itself
 
@@ -195,7 +213,7 @@ class Client:
                 if self._closed:
                     return
                 self._flush_releases()
-                self._sock.send(protocol.encode("heartbeat"), zmq.NOBLOCK)
+                self._sock.send(protocol.encode(protocol.Heartbeat()), zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             finally:

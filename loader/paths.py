@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+# The sockets inside a pipeline's folder.
+CONTROL_SOCKET = "control.sock"  # trainers and the CLI
+WORK_SOCKET = "work.sock"  # decoder workers
 
 
 def check_name(name: str) -> str:
@@ -48,17 +51,20 @@ def runtime_dir(name: str) -> Path:
     check_name(name)
     roots = runtime_roots()
     for root in roots:
-        if (root / name / "control.sock").exists():
+        if (root / name / CONTROL_SOCKET).exists():
             return root / name
     return roots[0] / name
 
 
-def control_endpoint(name: str) -> str:
-    return f"ipc://{runtime_dir(name) / 'control.sock'}"
-
-
 def control_socket_path(name: str) -> Path:
-    return runtime_dir(name) / "control.sock"
+    return runtime_dir(name) / CONTROL_SOCKET
+
+
+def lock_path(name: str) -> Path:
+    """The lock that stops a second daemon of this name.  It sits beside the segment it
+    guards, so two daemons of one name conflict whatever their XDG_RUNTIME_DIR; no
+    segment name starts with "vidring.lock", so no pipeline name can make it collide."""
+    return Path(f"/dev/shm/vidring.lock-{os.getuid()}-{check_name(name)}")
 
 
 def list_pipelines() -> list[str]:
@@ -66,5 +72,5 @@ def list_pipelines() -> list[str]:
     names = set()
     for root in runtime_roots():
         if root.is_dir():
-            names.update(p.name for p in root.iterdir() if (p / "control.sock").exists())
+            names.update(p.name for p in root.iterdir() if (p / CONTROL_SOCKET).exists())
     return sorted(names)

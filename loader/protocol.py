@@ -1,24 +1,37 @@
 """Every ZeroMQ message of vidring: names, fields, encoding and validation.
 
-A message is one ZeroMQ frame holding a UTF-8 JSON object::
+A message is one ZeroMQ frame holding a UTF-8 JSON object whose ``type`` names it::
 
-    {"v": 1, "type": "<name>", "id": <request id>, ...fields}
+    {"v": 2, "type": "get_batch", "id": 7, "epoch": 0, "index": 3}
 
-Every reply shares one envelope: ``{"type": "reply", "id": ...}`` with the
-handler's fields, or ``{"type": "error", "id": ..., "code": ..., "message": ...}``.
-Control messages are tiny, so JSON's cost does not matter and any tool can
-speak it.  Nothing but this module knows a message's shape.
+Each message is a msgspec Struct: its fields are its schema, and decoding checks
+types, ranges, required and unknown fields in one pass, naming the field at fault.
+Every answer shares one envelope: ``{"type": "reply", "id": ..., "body": {...}}``,
+whose body is the request's reply record, or ``{"type": "error", "id": ...,
+"code": ..., "message": ...}``.  Replies are validated like requests.
+
+The trainer's messages and the worker messages are defined here.  Operator
+commands (daemon/commands.py) declare theirs in their own class and `register`
+them, so one class holds all of a command.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
-PROTOCOL_VERSION = 1
+import msgspec
+import zmq
+
+from vidring.loader.status import StatusRecord
+
+PROTOCOL_VERSION = 2
 # Sockets refuse bigger frames (ZMQ_MAXMSGSIZE), so a stray peer cannot make us allocate.
 MAX_MESSAGE_BYTES = 256 * 1024
+# No message of ours nests deeper than 4; decoding a deeper one could exhaust the stack.
+MAX_DEPTH = 8
+INT32_LIMIT = 2**31
+PID_LIMIT = 2**22  # Linux's largest pid_max
+MAX_WORKERS = 1024
 
 # Error codes carried in error replies; the client maps them to exceptions.
 E_BAD_MESSAGE = "bad_message"
@@ -28,161 +41,293 @@ E_STOPPING = "stopping"
 E_INTERNAL = "internal"
 E_STALLED = "stalled"
 
-_INT = (int,)
-_NUM = (int, float)
-_STR = (str,)
-_BOOL = (bool,)
-_LIST = (list,)
-_DICT = (dict,)
-
-# type -> {field: (accepted python types, required)}
-_SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    # trainer / CLI -> daemon
-    "hello": {"client_pid": (_INT, True), "pid_ns": (_INT, False)},
-    "get_batch": {"epoch": (_INT, True), "index": (_INT, True)},
-    "release": {"lease_ids": (_LIST, True)},
-    "heartbeat": {},
-    "ping": {},
-    "bye": {},
-    "status": {},
-    "scale": {"workers": (_INT, True)},
-    "stop": {},
-    # worker -> daemon
-    "worker_ready": {"worker_id": (_INT, True), "pid": (_INT, True)},
-    "task_done": {
-        "worker_id": (_INT, True), "task_id": (_INT, True), "ok": (_BOOL, True),
-        "error": (_STR, False), "seconds": (_NUM, False),
-    },
-    # daemon -> worker
-    "task": {
-        "task_id": (_INT, True), "slot": (_INT, True), "position": (_INT, True),
-        "path": (_STR, True), "frame_pts": (_LIST, True), "key_pts": (_INT, True),
-        "key_dts": (_INT, True),
-    },
-    "worker_stop": {},
-    # replies
-    "reply": {},
-    "error": {"code": (_STR, True), "message": (_STR, True)},
-}
-
-REQUEST_TYPES = frozenset({"hello", "get_batch", "release", "heartbeat", "ping", "bye",
-                           "status", "scale", "stop"})
-WORKER_TYPES = frozenset({"worker_ready", "task_done"})
-# Requests the daemon answers; the rest are one-way.
-ANSWERED_TYPES = frozenset({"hello", "get_batch", "ping", "status", "scale", "stop"})
+Int32 = Annotated[int, msgspec.Meta(ge=0, lt=INT32_LIMIT)]
+Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+R = TypeVar("R")
 
 
 class ProtocolError(ValueError):
     """A frame that is not a valid vidring message; the text says which field."""
 
 
-@dataclass(slots=True)
-class Message:
-    type: str
-    id: int = 0
-    fields: dict[str, Any] = field(default_factory=dict)
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
+              kw_only=True):
+    """Base of every message: the protocol version, the type tag, a request id."""
 
-    def __getitem__(self, key: str) -> Any:
-        return self.fields[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.fields.get(key, default)
+    id: Id = 0
+    v: int = PROTOCOL_VERSION
 
 
-def encode(type_: str, id_: int = 0, **fields: Any) -> bytes:
-    if type_ not in _SCHEMAS:
-        raise ProtocolError(f"unknown message type {type_!r}")
-    body = {"v": PROTOCOL_VERSION, "type": type_, "id": id_, **fields}
-    data = json.dumps(body, separators=(",", ":")).encode()
+class Request(Message):
+    """A control request, trainer or operator -> daemon."""
+
+    # The record an answer carries; None: one-way, never answered.
+    reply_type: ClassVar[type[Any] | None] = None
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Base of reply records."""
+
+
+class Empty(Body):
+    """A reply with nothing to say but that the request was handled."""
+
+
+# -- trainer -> daemon -----------------------------------------------------------
+
+
+class HelloReply(Body):
+    pid: int
+    pid_ns: int
+    name: str
+    segment: str
+    ring_id: int
+    batches_per_epoch: int
+    batch_shape: tuple[int, ...]
+    dtype: str
+    epoch: int
+    classes: dict[str, int]
+
+
+class Hello(Request, tag="hello"):
+    reply_type = HelloReply
+    client_pid: Annotated[int, msgspec.Meta(gt=0, lt=PID_LIMIT)]
+    pid_ns: int = 0
+
+
+class Lease(Body):
+    slot: int
+    lease_id: int
+    epoch: int
+    plan_batch: int
+    fill_seq: int
+    ring_id: int
+
+
+class GetBatch(Request, tag="get_batch"):
+    reply_type = Lease
+    epoch: Int32
+    index: Int32
+
+
+class Release(Request, tag="release"):
+    lease_ids: list[Id]
+
+
+class Heartbeat(Request, tag="heartbeat"):
+    pass
+
+
+class Ping(Request, tag="ping"):
+    reply_type = Empty
+
+
+class Bye(Request, tag="bye"):
+    pass
+
+
+class Status(Request, tag="status"):
+    reply_type = StatusRecord
+
+
+# -- daemon <-> decoder workers ---------------------------------------------------
+
+
+class Task(Message, tag="task"):
+    task_id: int
+    slot: int
+    position: int
+    path: str
+    frame_pts: list[int]
+    key_pts: int
+    key_dts: int
+
+
+class WorkerStop(Message, tag="worker_stop"):
+    pass
+
+
+class WorkerReady(Message, tag="worker_ready"):
+    pass
+
+
+class TaskDone(Message, tag="task_done"):
+    task_id: int
+    error: str = ""  # empty: the clip is in its place in the slot
+
+
+# -- answers ------------------------------------------------------------------------
+
+
+class Reply(Message, tag="reply"):
+    body: msgspec.Raw
+
+
+class ErrorReply(Message, tag="error"):
+    code: str
+    message: str
+
+
+class _Peek(msgspec.Struct):
+    """What can be read of a frame that failed validation."""
+
+    v: Any = None
+    type: Any = None
+    id: Any = 0
+
+
+_requests: dict[str, type[Request]] = {}
+_decoders: dict[frozenset[type[Message]], msgspec.json.Decoder[Any]] = {}
+_encoder = msgspec.json.Encoder()
+WORKER_MESSAGES: frozenset[type[Message]] = frozenset({WorkerReady, TaskDone})
+DAEMON_TO_WORKER: frozenset[type[Message]] = frozenset({Task, WorkerStop})
+ANSWERS: frozenset[type[Message]] = frozenset({Reply, ErrorReply})
+
+
+def register(cls: type[Request]) -> type[Request]:
+    """Make a request type known to the daemon's decoder; its tag must be new."""
+    tag = cls.__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{cls.__name__} needs a tag (class X(Request, tag='name'))")
+    if _requests.get(tag, cls) is not cls:
+        raise TypeError(f"request type {tag!r} is registered twice")
+    _requests[tag] = cls
+    return cls
+
+
+for _cls in (Hello, GetBatch, Release, Heartbeat, Ping, Bye, Status):
+    register(_cls)
+
+
+def requests() -> frozenset[type[Message]]:
+    """Every registered request type: what the daemon's control socket accepts."""
+    return frozenset(_requests.values())
+
+
+def type_name(cls: type[Message]) -> str:
+    return str(cls.__struct_config__.tag)
+
+
+def encode(msg: Message) -> bytes:
+    data = _encoder.encode(msg)
     if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"{type_} message is {len(data)} bytes, over {MAX_MESSAGE_BYTES}")
+        raise ProtocolError(f"{type_name(type(msg))} message is {len(data)} bytes, over "
+                            f"{MAX_MESSAGE_BYTES}")
     return data
 
 
-def reply(id_: int, **fields: Any) -> bytes:
-    return encode("reply", id_, **fields)
+def reply(id_: int, body: Any) -> bytes:
+    return encode(Reply(id=id_, body=msgspec.Raw(_encoder.encode(body))))
 
 
 def error(id_: int, code: str, message: str) -> bytes:
-    return encode("error", id_, code=code, message=message)
+    return encode(ErrorReply(id=id_, code=code, message=message))
+
+
+def check(msg: Message) -> None:
+    """Validate an outgoing message here, so a bad one fails at once in the caller."""
+    decode(encode(msg), frozenset({type(msg)}))
+
+
+def decode(data: bytes, allowed: frozenset[type[Message]]) -> Message:
+    """Parse and validate one frame as one of `allowed`; raise ProtocolError naming the fault."""
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit")
+    _check_depth(data)
+    decoder = _decoders.get(allowed)
+    if decoder is None:
+        union: Any = tuple(allowed)
+        decoder = _decoders[allowed] = msgspec.json.Decoder(
+            union[0] if len(union) == 1 else _union(union))
+    try:
+        msg: Message = decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(_explain(data, exc, allowed)) from None
+    if msg.v != PROTOCOL_VERSION:
+        raise ProtocolError(f"field 'v': expected protocol version {PROTOCOL_VERSION}, "
+                            f"got {msg.v!r}")
+    return msg
+
+
+def decode_body(msg: Reply, body_type: type[R]) -> R:
+    """The record a reply carries, validated as `body_type`."""
+    try:
+        return msgspec.json.decode(msg.body, type=body_type)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"reply to request {msg.id}: {exc}") from None
 
 
 def peek_id(data: bytes) -> int:
     """The request id of a frame that failed validation, so its error reply reaches the
     request that sent it; 0 when there is none."""
+    peek = _peek(data)
+    id_ = peek.id if peek is not None else 0
+    valid = isinstance(id_, int) and not isinstance(id_, bool) and 0 <= id_ < 2**63
+    return id_ if valid else 0
+
+
+def to_json(record: Any) -> str:
+    """A reply record as indented JSON, for people and scripts."""
+    return msgspec.json.format(_encoder.encode(record), indent=2).decode()
+
+
+def configure(sock: zmq.Socket[Any]) -> None:
+    """The options every vidring socket sets: never linger on close, refuse big frames."""
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+
+
+def _union(types: tuple[type[Message], ...]) -> Any:
+    union: Any = types[0]
+    for cls in types[1:]:
+        union = union | cls
+    return union
+
+
+def _peek(data: bytes) -> _Peek | None:
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return 0
-    id_ = body.get("id") if isinstance(body, dict) else None
-    return id_ if _is(id_, _INT) and 0 <= id_ < _INT32_LIMIT * 2**32 else 0
+        _check_depth(data)
+        return msgspec.json.decode(data, type=_Peek)
+    except (ProtocolError, msgspec.DecodeError):
+        return None
 
 
-def check(type_: str, **fields: Any) -> None:
-    """Validate an outgoing request here, so a bad one fails at once in the caller."""
-    decode(encode(type_, 0, **fields))
+def _explain(data: bytes, exc: msgspec.DecodeError, allowed: frozenset[type[Message]]) -> str:
+    if not isinstance(exc, msgspec.ValidationError):
+        return f"message is not JSON: {exc}"
+    peek = _peek(data)
+    if peek is None:
+        return f"message is not a JSON object: {exc}"
+    if peek.v != PROTOCOL_VERSION:
+        return f"field 'v': expected protocol version {PROTOCOL_VERSION}, got {peek.v!r}"
+    names = {type_name(cls) for cls in allowed}
+    if isinstance(peek.type, str) and peek.type not in names:
+        known = peek.type in _requests or peek.type in {
+            type_name(c) for c in WORKER_MESSAGES | DAEMON_TO_WORKER | ANSWERS}
+        what = "is not accepted here" if known else "unknown message type"
+        return f"field 'type': {what}: {peek.type!r}"
+    return f"{peek.type}: {exc}"
 
 
-def decode(data: bytes, *, allowed: frozenset[str] | None = None) -> Message:
-    """Parse and validate one frame; raise ProtocolError naming what is wrong."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message is {len(data)} bytes, over the {MAX_MESSAGE_BYTES} limit")
-    try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"message is not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ProtocolError("message is not a JSON object")
-    version = body.pop("v", None)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"field 'v': expected protocol version {PROTOCOL_VERSION}, got {version!r}")
-    type_ = body.pop("type", None)
-    if not isinstance(type_, str) or type_ not in _SCHEMAS:
-        raise ProtocolError(f"field 'type': unknown message type {type_!r}")
-    if allowed is not None and type_ not in allowed:
-        raise ProtocolError(f"field 'type': {type_!r} is not accepted here")
-    id_ = body.pop("id", 0)
-    if not _is(id_, _INT):
-        raise ProtocolError(f"field 'id': expected an int, got {id_!r}")
-    schema = _SCHEMAS[type_]
-    if type_ != "reply":  # replies carry the handler's own fields
-        for name in body:
-            if name not in schema:
-                raise ProtocolError(f"{type_}: unknown field {name!r}")
-    for name, (types, required) in schema.items():
-        if name not in body:
-            if required:
-                raise ProtocolError(f"{type_}: missing field {name!r}")
-            continue
-        if not _is(body[name], types):
-            names = "/".join(t.__name__ for t in types)
-            raise ProtocolError(f"{type_}: field {name!r} must be {names}, got {body[name]!r}")
-    _check_lists(type_, body)
-    return Message(type_, id_, body)
-
-
-def _is(value: Any, types: tuple[type, ...]) -> bool:
-    # bool is an int subclass; a True where an int belongs is a bug upstream.
-    if isinstance(value, bool) and bool not in types:
-        return False
-    return isinstance(value, types)
-
-
-_INT32_LIMIT = 2**31
-_PID_LIMIT = 2**22  # Linux's largest pid_max
-
-
-def _check_lists(type_: str, body: dict[str, Any]) -> None:
-    for name in ("lease_ids", "frame_pts"):
-        items = body.get(name)
-        if items is not None and not all(_is(v, _INT) for v in items):
-            raise ProtocolError(f"{type_}: field {name!r} must be a list of ints")
-    if type_ == "get_batch":
-        for name in ("epoch", "index"):
-            if not 0 <= body[name] < _INT32_LIMIT:
-                raise ProtocolError(f"get_batch: {name!r} must be in 0..2**31-1, got {body[name]}")
-    if type_ == "hello" and not 0 < body["client_pid"] < _PID_LIMIT:
-        raise ProtocolError(f"hello: 'client_pid' {body['client_pid']} is not a pid")
-    if type_ == "scale" and not 0 <= body["workers"] <= 1024:
-        raise ProtocolError("scale: 'workers' must be between 0 and 1024")
+def _check_depth(data: bytes) -> None:
+    # Cheap first: a frame with few brackets cannot be deep.
+    if data.count(b"[") + data.count(b"{") <= MAX_DEPTH:
+        return
+    depth = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ProtocolError(f"message is nested deeper than {MAX_DEPTH} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1

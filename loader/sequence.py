@@ -25,6 +25,7 @@ import numpy as np
 
 from vidring.loader.client import Client, DaemonUnavailable, VidringError
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
+from vidring.loader.status import StatusRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +66,12 @@ class ClipDataset(keras.utils.PyDataset):
         self._client = Client(name, timeout_s=timeout_s)
         try:
             self.info = self._client.hello()
-            self._ring = Ring.attach(self.info["segment"])
+            self._ring = Ring.attach(self.info.segment)
         except BaseException:
             self._client.close()
             raise
         self.layout: RingLayout = self._ring.layout
-        self._batches_per_epoch = int(self.info["batches_per_epoch"])
+        self._batches_per_epoch = self.info.batches_per_epoch
         # id(slot mapping) -> lease id, for release(); entries go with the mapping.
         self._lease_of: dict[int, int] = {}
 
@@ -125,21 +126,21 @@ class ClipDataset(keras.utils.PyDataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"batch index {index} out of range for {n} batches per epoch")
-        lease = self._client.request("get_batch", epoch=self.epoch, index=int(index))
-        slot, lease_id = lease["slot"], lease["lease_id"]
+        lease = self._client.get_batch(self.epoch, int(index))
+        slot, lease_id = lease.slot, lease.lease_id
         self._requested.add(int(index))
         try:
-            if lease.get("ring_id") != self._ring.ring_id:
+            if lease.ring_id != self._ring.ring_id:
                 raise DaemonUnavailable(
                     f"pipeline {self.name!r} was restarted (a new ring); create a new "
                     "ClipDataset to attach to it")
             state, epoch, plan_batch, fill_seq = self._ring.slot_state(slot)
-            if (state != SlotState.LEASED or epoch != lease["epoch"]
-                    or plan_batch != lease["plan_batch"] or fill_seq != lease["fill_seq"]):
+            if (state != SlotState.LEASED or epoch != lease.epoch
+                    or plan_batch != lease.plan_batch or fill_seq != lease.fill_seq):
                 raise VidringError(
                     f"pipeline {self.name!r}: slot {slot} holds {state.name} epoch {epoch} "
-                    f"batch {plan_batch}, but the lease says epoch {lease['epoch']} batch "
-                    f"{lease['plan_batch']}: daemon and ring disagree"
+                    f"batch {plan_batch}, but the lease says epoch {lease.epoch} batch "
+                    f"{lease.plan_batch}: daemon and ring disagree"
                 )
             slot_map = self._ring.map_slot(slot)
         except BaseException:
@@ -149,7 +150,7 @@ class ClipDataset(keras.utils.PyDataset):
         key = id(slot_map)
         self._lease_of[key] = lease_id
         weakref.finalize(slot_map, _give_back, self._client, self._lease_of, key, lease_id)
-        return Batch(views.x, views.y, views.provenance, lease["epoch"], int(index),
+        return Batch(views.x, views.y, views.provenance, lease.epoch, int(index),
                      plan_batch, lease_id)
 
     def release(self, *arrays: np.ndarray | Batch) -> None:
@@ -161,9 +162,9 @@ class ClipDataset(keras.utils.PyDataset):
             if lease_id is not None:
                 self._client.release(lease_id)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> StatusRecord:
         """The daemon's status record (same as `vidring status NAME --json`)."""
-        return self._client.request("status")
+        return self._client.status()
 
     def close(self) -> None:
         """Release every lease and disconnect.

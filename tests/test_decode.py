@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import reference_decode
+from tests.support import reference_decode
 from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder, DecodeError
 from vidring.daemon.probe import ProbeCache, ProbeError, probe

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import reference_decode
+from tests.support import reference_decode
 from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder
 from vidring.daemon.probe import probe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vidring.daemon.schedule import Scheduler
 from vidring.loader.ring import SlotState
+from vidring.loader.status import SlotCounts
 
 
 def _fill_all(s: Scheduler, waiting: list | None = None) -> list:
@@ -33,9 +34,10 @@ def test_lease_release_and_repeat_from_kept_content() -> None:
     key = s.assign(0, 0)
     slot = s.available(key)
     assert slot is not None
-    lease = s.lease(slot)
+    lease = s.lease(slot, b"a")
     assert s.slots[slot].state == SlotState.LEASED
-    assert s.release(lease) and not s.release(lease)
+    assert not s.release(lease, b"b")  # only its owner can
+    assert s.release(lease, b"a") and not s.release(lease, b"a")
     assert s.slots[slot].state == SlotState.FREE
     assert s.available(key) == slot  # a repeated request before refill needs no decode
 
@@ -43,10 +45,10 @@ def test_lease_release_and_repeat_from_kept_content() -> None:
 def test_waiting_key_evicts_unwanted_prefetch_not_leased_slots() -> None:
     s = Scheduler(slot_count=2, batches_per_epoch=8, batch_size=1)
     _fill_all(s)  # (0,0), (0,1)
-    first = s.lease(s.available(s.assign(0, 0)))
-    s.release(first)
+    first = s.lease(s.available(s.assign(0, 0)), b"a")
+    s.release(first, b"a")
     s.assign(0, 1)
-    held = s.lease(s.available((0, 1)))
+    held = s.lease(s.available((0, 1)), b"a")
     # Both slots busy or kept; a waiting request for batch 0 of a new epoch must get one.
     started = s.next_fills([(1, 0)])
     assert [key for _, key in started] == [(1, 0)]
@@ -57,7 +59,7 @@ def test_all_leased_is_detected() -> None:
     s = Scheduler(slot_count=2, batches_per_epoch=4, batch_size=1)
     _fill_all(s)
     for i in range(2):
-        s.lease(s.available(s.assign(0, i)))
+        s.lease(s.available(s.assign(0, i)), b"a")
     assert s.all_leased()
     assert s.next_fills([s.assign(0, 2)]) == []
 
@@ -65,4 +67,20 @@ def test_all_leased_is_detected() -> None:
 def test_counts() -> None:
     s = Scheduler(slot_count=3, batches_per_epoch=4, batch_size=2)
     s.next_fills([])
-    assert s.counts() == {"total": 3, "free": 0, "filling": 3, "ready": 0, "leased": 0}
+    assert s.counts() == SlotCounts(total=3, free=0, filling=3, ready=0, leased=0)
+
+
+def test_leases_are_released_by_owner() -> None:
+    s = Scheduler(slot_count=3, batches_per_epoch=4, batch_size=1)
+    _fill_all(s)
+    slots = [s.available(s.assign(0, i)) for i in range(3)]
+    a1, a2 = s.lease(slots[0], b"a"), s.lease(slots[1], b"a")
+    b1 = s.lease(slots[1], b"b")  # a repeated request: two owners share slot 1
+    s.lease(slots[2], b"b")
+    assert (s.held_by(b"a"), s.held_by(b"b")) == (2, 2)
+    assert s.release_owner(b"a") == 2
+    assert s.lease_slot(a1) is None and s.lease_slot(a2) is None
+    assert s.slots[slots[0]].state == SlotState.FREE
+    assert s.slots[slots[1]].state == SlotState.LEASED  # b still holds it
+    assert s.release(b1, b"b") and s.slots[slots[1]].state == SlotState.FREE
+    assert s.release_owner(b"a") == 0 and s.held_by(b"b") == 1

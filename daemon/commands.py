@@ -1,0 +1,221 @@
+"""The daemon's commands, one class each (in the style of Circus's commands).
+
+A command class holds all there is to know of one request: its message and
+reply record (declared here, or in loader/protocol.py when the trainer sends
+it too), what the daemon does with it, and for an operator command, the
+`vidring` subcommand's arguments and how it prints the reply.  The daemon
+dispatches by request type through `REGISTRY`; the CLI builds its subcommands
+from it.  Adding a command is adding one class here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
+
+import msgspec
+
+from vidring.loader import protocol
+from vidring.loader.status import StatusRecord
+
+if TYPE_CHECKING:
+    from vidring.daemon.server import Daemon
+
+Req = TypeVar("Req", bound=protocol.Request)
+
+
+class Command(Generic[Req]):
+    """Base of commands; the docstring of a subclass is its help text."""
+
+    request: ClassVar[type[protocol.Request]]
+    cli: ClassVar[bool] = False  # a `vidring NAME PIPELINE` subcommand
+
+    @property
+    def name(self) -> str:
+        return protocol.type_name(self.request)
+
+    def handle(self, daemon: Daemon, identity: bytes, req: Req) -> Any:
+        """The reply record, or None: one-way, or answered later (a waiting get_batch)."""
+        raise NotImplementedError
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The subcommand's own arguments, after the pipeline name."""
+
+    def build_request(self, args: argparse.Namespace) -> protocol.Request:
+        return self.request()
+
+    def render(self, reply: Any, args: argparse.Namespace) -> str:
+        return ""
+
+
+REGISTRY: dict[type[protocol.Request], Command[Any]] = {}
+C = TypeVar("C", bound=type[Command[Any]])
+
+
+def command(cls: C) -> C:
+    instance = cls()
+    protocol.register(cls.request)
+    REGISTRY[cls.request] = instance
+    return cls
+
+
+def by_name(name: str) -> Command[Any]:
+    for cmd in REGISTRY.values():
+        if cmd.name == name:
+            return cmd
+    raise KeyError(name)
+
+
+# -- the trainer's --------------------------------------------------------------------
+
+
+@command
+class Hello(Command[protocol.Hello]):
+    """Introduce a client: its pid (so its leases go when it exits), the pipeline's shape."""
+
+    request = protocol.Hello
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Hello) -> Any:
+        return daemon.hello(identity, req)
+
+
+@command
+class GetBatch(Command[protocol.GetBatch]):
+    """Lease the slot holding batch `index` of `epoch`, once it is ready."""
+
+    request = protocol.GetBatch
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.GetBatch) -> Any:
+        return daemon.get_batch(identity, req)
+
+
+@command
+class Release(Command[protocol.Release]):
+    """Give leases back (one-way)."""
+
+    request = protocol.Release
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Release) -> Any:
+        for lease_id in req.lease_ids:
+            daemon.sched.release(lease_id, identity)
+
+
+@command
+class Heartbeat(Command[protocol.Heartbeat]):
+    """A client is alive (one-way); any message counts, this one says nothing else."""
+
+    request = protocol.Heartbeat
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Heartbeat) -> Any:
+        return None
+
+
+@command
+class Ping(Command[protocol.Ping]):
+    """Is the daemon there? Sent while a client waits for a slow batch."""
+
+    request = protocol.Ping
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Ping) -> Any:
+        return protocol.Empty()
+
+
+@command
+class Bye(Command[protocol.Bye]):
+    """A client leaves: its leases go back at once (one-way)."""
+
+    request = protocol.Bye
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Bye) -> Any:
+        daemon.forget_client(identity)
+
+
+# -- the operator's ---------------------------------------------------------------------
+
+
+@command
+class Status(Command[protocol.Status]):
+    """Show a pipeline's queue depth, workers, rate and errors."""
+
+    request = protocol.Status
+    cli = True
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Status) -> Any:
+        return daemon.status()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--json", action="store_true", help="one JSON object")
+
+    def render(self, reply: StatusRecord, args: argparse.Namespace) -> str:
+        return protocol.to_json(reply) if args.json else format_status(reply)
+
+
+def format_status(st: StatusRecord) -> str:
+    slots, workers, errors = st.slots, st.workers, st.errors
+    shape = "x".join(str(v) for v in st.batch_shape)
+    trouble = []
+    if workers.backoff or workers.fatal:
+        trouble.append(f"{workers.backoff} in back-off, {workers.fatal} failed")
+    lines = [
+        f"pipeline  {st.name} (pid {st.pid})  epoch {st.epoch}  "
+        f"{st.batches_per_epoch} batches/epoch of {shape} {st.dtype}",
+        f"queue     {slots.ready} ready / {slots.total} slots  "
+        f"({slots.filling} filling, {slots.leased} leased, {slots.free} free)",
+        f"workers   {workers.alive} alive / {workers.target} wanted  "
+        f"({', '.join([f'{workers.busy} busy', f'{workers.restarts} restarts', *trouble])})",
+        f"rate      {st.clips_per_s:.1f} clips/s  ({st.clips_total} clips total)",
+    ]
+    if errors.count and errors.last is not None:
+        lines.append(f"errors    {errors.count}, {errors.quarantined} files quarantined; "
+                     f"last: {errors.last.path}: {errors.last.reason}")
+    else:
+        lines.append("errors    0")
+    if workers.last_error and (workers.backoff or workers.fatal):
+        lines.append(f"          workers: {workers.last_error}")
+    return "\n".join(lines)
+
+
+@command
+class Scale(Command["Scale.Request"]):
+    """Change the number of decoder workers while serving."""
+
+    class Request(protocol.Request, tag="scale"):
+        workers: Annotated[int, msgspec.Meta(ge=0, le=protocol.MAX_WORKERS)]
+
+    class Reply(protocol.Body):
+        target: int
+        previous: int
+
+    Request.reply_type = Reply
+    request = Request
+    cli = True
+
+    def handle(self, daemon: Daemon, identity: bytes, req: Scale.Request) -> Any:
+        return self.Reply(target=req.workers, previous=daemon.scale(req.workers))
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("workers", type=int, help="the new worker count")
+
+    def build_request(self, args: argparse.Namespace) -> protocol.Request:
+        return self.Request(workers=args.workers)
+
+    def render(self, reply: Scale.Reply, args: argparse.Namespace) -> str:
+        return f"{args.name}: workers {reply.previous} -> {reply.target}"
+
+
+@command
+class Stop(Command["Stop.Request"]):
+    """Stop a pipeline: its workers exit and its ring is unlinked (NOTE [ shutdown ])."""
+
+    class Request(protocol.Request, tag="stop"):
+        reply_type = protocol.Empty
+
+    request = Request
+    cli = True
+
+    def handle(self, daemon: Daemon, identity: bytes, req: Stop.Request) -> Any:
+        daemon.request_stop()
+        return protocol.Empty()
+
+    def render(self, reply: protocol.Empty, args: argparse.Namespace) -> str:
+        return f"{args.name}: stopping"

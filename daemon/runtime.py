@@ -1,0 +1,95 @@
+"""A pipeline's place on this machine: its owner-only folder, its lock, its socket paths.
+
+Claimed once when a daemon starts, released once when it stops; every path a
+daemon binds or removes comes from here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
+
+from vidring.loader import paths
+
+
+class StartupError(Exception):
+    """The pipeline cannot start; the message says what to fix."""
+
+
+class RuntimeDir:
+    def __init__(self, name: str, folder: Path, lock_path: Path, lock_file: IO[str]) -> None:
+        self.name = name
+        self.folder = folder
+        self._lock_path = lock_path
+        self._lock_file: IO[str] | None = lock_file
+
+    @classmethod
+    def claim(cls, name: str) -> RuntimeDir:
+        """Make the folder (0700) and take the lock; StartupError if another daemon has it."""
+        root = paths.runtime_root()
+        root.mkdir(mode=0o700, exist_ok=True)
+        st = root.stat()
+        if st.st_uid != os.getuid():
+            raise StartupError(f"runtime folder {root} belongs to another user")
+        if st.st_mode & 0o077:
+            os.chmod(root, 0o700)
+        folder = root / paths.check_name(name)
+        lock_path = paths.lock_path(name)
+        lock_file = _lock(name, lock_path)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        runtime = cls(name, folder, lock_path, lock_file)
+        runtime._remove_sockets()  # left by a daemon killed with -9
+        return runtime
+
+    @property
+    def control_endpoint(self) -> str:
+        return f"ipc://{self.folder / paths.CONTROL_SOCKET}"
+
+    @property
+    def work_endpoint(self) -> str:
+        return f"ipc://{self.folder / paths.WORK_SOCKET}"
+
+    def release(self) -> None:
+        """Remove the sockets, the folder and the lock file, then unlock."""
+        if self._lock_file is None:
+            return
+        self._remove_sockets()
+        self._lock_path.unlink(missing_ok=True)
+        try:
+            self.folder.rmdir()
+        except OSError:
+            pass  # something else was put there: leave it
+        self._lock_file.close()
+        self._lock_file = None
+
+    def _remove_sockets(self) -> None:
+        for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET):
+            (self.folder / sock).unlink(missing_ok=True)
+
+
+def _lock(name: str, lock_path: Path) -> IO[str]:
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        if os.fstat(fd).st_uid != os.getuid():  # /dev/shm is world-writable
+            os.close(fd)
+            raise StartupError(f"lock file {lock_path} belongs to another user")
+        lock_file = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = lock_file.read().strip() or "?"
+            lock_file.close()
+            raise StartupError(f"pipeline {name!r} is already served (pid {holder}); "
+                               f"stop it with `vidring stop {name}`") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        lock_file.close()  # a stopping daemon unlinked it under us: lock the new file
+    lock_file.truncate(0)
+    lock_file.write(f"{os.getpid()}\n")
+    lock_file.flush()
+    return lock_file

@@ -1,0 +1,131 @@
+"""Build a daemon from its config: every part made, or none left behind.
+
+Each resource is pushed on an ExitStack as it is made, so a failure at any
+step unwinds what came before it (lock, ring, sockets) and a daemon is
+never half-built.  The stack unwinds in the order of NOTE [ shutdown ] in
+server.py: workers, sockets, ring, runtime folder and lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+
+from vidring.daemon import sampler
+from vidring.daemon.config import ServeConfig
+from vidring.daemon.faults import FaultLedger
+from vidring.daemon.manifest import Manifest, load_manifest
+from vidring.daemon.pool import WorkerPool, python_starter
+from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
+from vidring.daemon.production import Production
+from vidring.daemon.runtime import RuntimeDir, StartupError
+from vidring.daemon.schedule import Scheduler, SlotRecord
+from vidring.daemon.server import Daemon, Parts
+from vidring.daemon.tasks import PlanSettings
+from vidring.loader import protocol
+from vidring.loader.ring import Ring, RingLayout, segment_name
+
+log = logging.getLogger("vidring.daemon")
+
+
+def build(config: ServeConfig) -> Daemon:
+    with contextlib.ExitStack() as stack:
+        runtime = RuntimeDir.claim(config.name)
+        stack.callback(runtime.release)
+        manifest = load_manifest(config.manifest)
+        paths = [str(row.path) for row in manifest.rows]
+        faults = FaultLedger(paths, config.retry_delay_s)
+        infos = _probe_all(config, manifest, faults)
+        if len(faults.quarantine) == len(manifest):
+            reason = faults.last_error.reason if faults.last_error else ""
+            raise StartupError(f"no readable video in {config.manifest}: {reason}")
+        batches = sampler.batches_per_epoch(len(manifest), config.batch_size)
+        if batches < 1:
+            raise StartupError(f"batch size {config.batch_size} is larger than the "
+                               f"{len(manifest)} videos of {config.manifest}")
+        layout = RingLayout(config.slots, config.batch_size, config.clip_length, config.height,
+                            config.width, config.dtype)
+        ring = Ring.create(segment_name(config.name), layout)
+        stack.callback(ring.close)
+        stack.callback(ring.unlink)
+        # Lease ids start at a random base so a release meant for an earlier
+        # daemon of this name can never free one of ours.
+        sched = Scheduler(config.slots, batches, config.batch_size,
+                          on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
+        ctx = zmq.Context()
+        stack.callback(ctx.destroy, linger=0)
+        control = _bind(ctx, runtime.control_endpoint)
+        work = _bind(ctx, runtime.work_endpoint)
+        plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
+                            config.seed, config.batch_size, config.clip_length, config.stride)
+        labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
+        production = Production(plan, paths, infos, labels, ring, faults)
+        pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),
+                          config.workers, task_timeout_s=config.task_timeout_s)
+        stack.callback(pool.shutdown)
+        daemon = Daemon(Parts(config, manifest, ring, sched, faults, production, pool, control,
+                              stack.pop_all()))
+    _log_start(config, manifest, layout, batches)
+    return daemon
+
+
+def serve(config: ServeConfig) -> int:
+    build(config).serve_forever()
+    return 0
+
+
+def _probe_all(config: ServeConfig, manifest: Manifest,
+               faults: FaultLedger) -> list[VideoInfo | None]:
+    cache = ProbeCache(config.probe_cache or default_cache_dir())
+    started = time.monotonic()
+    results = cache.get_many([row.path for row in manifest.rows],
+                             processes=max(1, config.workers))
+    infos: list[VideoInfo | None] = []
+    for index, result in enumerate(results):
+        if isinstance(result, str):
+            infos.append(None)
+            faults.probe_failed(index, result)
+        else:
+            infos.append(result)
+    log.info("probed %d videos in %.1f s", len(results), time.monotonic() - started)
+    return infos
+
+
+def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
+    sock = ctx.socket(zmq.ROUTER)
+    protocol.configure(sock)
+    old_umask = os.umask(0o077)  # the ipc socket file: owner only
+    try:
+        sock.bind(endpoint)
+    finally:
+        os.umask(old_umask)
+    return sock
+
+
+def _publisher(ring: Ring) -> Callable[[int, SlotRecord], None]:
+    """Mirror each slot's state into the ring's header, where trainers check it."""
+
+    def publish(slot: int, rec: SlotRecord) -> None:
+        epoch, batch = rec.key if rec.key is not None else (-1, -1)
+        ring.set_slot_state(slot, rec.state, epoch=epoch, plan_batch=batch,
+                            fill_seq=rec.fill_seq)
+
+    return publish
+
+
+def _log_start(config: ServeConfig, manifest: Manifest, layout: RingLayout,
+               batches: int) -> None:
+    if manifest.classes:
+        log.info("classes: %s", ", ".join(f"{k}={v}" for k, v in manifest.classes.items()))
+    log.info("serving %r: %d videos, %d batches/epoch of %s %s, %d slots (%.1f MiB), "
+             "%d workers", config.name, len(manifest), batches,
+             "x".join(map(str, layout.x_shape)), config.dtype, config.slots,
+             layout.total_bytes / 2**20, config.workers)

@@ -1,0 +1,128 @@
+"""The task queue: plan batches become clip tasks, failed clips are retried or stood in for.
+
+Pure bookkeeping, in the style of faults.py: no socket, pool or ring, and an
+injected clock.  One task is one clip, so many workers fill one batch.
+
+A task's life:
+    add_batch()  B tasks queued, one per position of the slot
+    pop()        handed to a worker (a task whose video was quarantined while
+                 it waited gets a stand-in first)
+    failed()     retried after the ledger's delay (front of the queue when due),
+                 or, once its video is quarantined, given a stand-in at once
+A sample that finds no readable stand-in in _MAX_REPLACEMENTS tries sets
+`fatal`: no batch of that epoch can be completed, and waiting trainers are told.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vidring.daemon import sampler
+from vidring.daemon.faults import FaultLedger
+from vidring.daemon.schedule import Key
+
+log = logging.getLogger("vidring.daemon")
+
+_MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
+
+
+@dataclass(slots=True)
+class Task:
+    task_id: int
+    slot: int
+    position: int
+    key: Key
+    choice: sampler.ClipChoice
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSettings:
+    """What the epoch plan depends on besides (epoch, batch)."""
+
+    frame_counts: np.ndarray  # frames per manifest row (1 for rows that failed to probe)
+    seed: int
+    batch_size: int
+    clip_length: int
+    stride: int
+
+
+class TaskQueue:
+    def __init__(self, plan: PlanSettings, faults: FaultLedger, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._plan = plan
+        self._faults = faults
+        self._clock = clock
+        self._queue: collections.deque[Task] = collections.deque()
+        self._retries: list[tuple[float, Task]] = []  # (due time, task)
+        self._next_id = 1
+        self.fatal = ""
+
+    def __len__(self) -> int:
+        """Tasks waiting for a worker, retries not yet due included."""
+        return len(self._queue) + len(self._retries)
+
+    def add_batch(self, slot: int, key: Key) -> None:
+        p = self._plan
+        clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
+                                   batch_size=p.batch_size, clip_length=p.clip_length,
+                                   stride=p.stride)
+        for position, choice in enumerate(clips):
+            self._put(Task(self._next_id, slot, position, key, choice))
+            self._next_id += 1
+
+    def pop(self) -> Task | None:
+        """The next task to decode, due retries first; None when there is none."""
+        self._requeue_due()
+        while self._queue:
+            task = self._queue.popleft()
+            if task.choice.video_index not in self._faults.quarantine:
+                return task
+            self._put(task, front=True)  # quarantined since it was queued: a stand-in
+        return None
+
+    def failed(self, task: Task, reason: str) -> None:
+        delay_s = self._faults.clip_failed(task.choice.video_index, reason)
+        if delay_s is None:
+            self._put(task, front=True)  # quarantined: _put picks a stand-in
+        else:
+            self._retries.append((self._clock() + delay_s, task))
+
+    def _requeue_due(self) -> None:
+        if not self._retries:
+            return
+        now = self._clock()
+        due = [task for when, task in self._retries if when <= now]
+        if due:
+            self._retries = [(when, task) for when, task in self._retries if when > now]
+            for task in reversed(due):
+                self._put(task, front=True)
+
+    def _put(self, task: Task, *, front: bool = False) -> None:
+        p = self._plan
+        choice = task.choice
+        quarantine = self._faults.quarantine
+        n_videos = len(p.frame_counts)
+        while choice.video_index in quarantine:
+            attempt = choice.attempt + 1
+            if attempt > _MAX_REPLACEMENTS:
+                self.fatal = (f"no readable stand-in for sample {choice.sample_index} of epoch "
+                              f"{task.key[0]} after {_MAX_REPLACEMENTS} tries: "
+                              f"{len(quarantine)} of {n_videos} videos are quarantined")
+                log.error("%s", self.fatal)
+                return
+            video = sampler.replacement(n_videos, seed=p.seed, epoch=task.key[0],
+                                        sample_index=choice.sample_index, attempt=attempt)
+            choice = sampler.choose(choice.sample_index, choice.planned_index, video,
+                                    int(p.frame_counts[video]), seed=p.seed, epoch=task.key[0],
+                                    clip_length=p.clip_length, stride=p.stride, attempt=attempt)
+        task.choice = choice
+        if front:
+            self._queue.appendleft(task)
+        else:
+            self._queue.append(task)

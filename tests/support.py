@@ -1,0 +1,144 @@
+"""Test helpers: real daemons that are always cleaned up, waits with deadlines, reference decodes.
+
+Fixtures that use them live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import psutil
+
+from vidring.daemon.decode import INTERPOLATION
+from vidring.daemon.launch import start_daemon, stop_daemon
+from vidring.loader import Client
+from vidring.loader.ring import segment_name
+from vidring.loader.status import StatusRecord
+
+# Test videos: 64x48, GOP 10 with B-frames, so clips cross GOP boundaries.
+WIDTH, HEIGHT, GOP = 64, 48, 10
+N_VIDEOS = 16
+CLIP = 6
+SIZE = (24, 32)  # H, W of the delivered clips
+
+_names = itertools.count()
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
+               interval_s: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def video_frames(index: int, n_frames: int) -> np.ndarray:
+    """Distinct content per video and per frame: a moving bar and a per-video tint."""
+    rng = np.random.default_rng(index)
+    frames = rng.integers(0, 40, size=(n_frames, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    frames[..., 0] += np.uint8(index * 13 % 200)
+    for t in range(n_frames):
+        frames[t, :, (3 * t + index) % WIDTH] = 250
+        frames[t, (2 * t) % HEIGHT, :] = 200
+    return frames
+
+
+def reference_decode(path: str | Path, height: int, width: int) -> np.ndarray:
+    """Every frame of `path`, decoded sequentially from the start by plain PyAV, and resized
+    with the same swscale filter (a fresh reformatter, default threads)."""
+    with av.open(str(path)) as container:
+        frames = [f.reformat(width=width, height=height, format="rgb24",
+                             interpolation=INTERPOLATION).to_ndarray()
+                  for f in container.decode(video=0)]
+    return np.stack(frames)
+
+
+class Daemons:
+    """Starts real daemons; on teardown stops each, reaps its workers, checks /dev/shm."""
+
+    def __init__(self, probe_cache: Path) -> None:
+        self.probe_cache = probe_cache
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, manifest: Path | str, *, name: str | None = None, batch_size: int = 4,
+              clip_length: int = CLIP, size: tuple[int, int] = SIZE, workers: int = 2,
+              slots: int = 4, seed: int = 0, dtype: str = "uint8",
+              extra: list[str] | None = None) -> str:
+        name = name or f"t{os.getpid()}-{next(_names)}"
+        args = ["--manifest", str(manifest), "--batch-size", str(batch_size),
+                "--clip-length", str(clip_length), "--size", f"{size[0]}x{size[1]}",
+                "--workers", str(workers), "--slots", str(slots), "--seed", str(seed),
+                "--dtype", dtype, "--probe-cache", str(self.probe_cache), "--log-level", "warning",
+                *(extra or [])]
+        self.running[name] = start_daemon(name, args, timeout_s=60)
+        return name
+
+    def pid(self, name: str) -> int:
+        return self.running[name].pid
+
+    def workers(self, name: str) -> list[psutil.Process]:
+        """The daemon's live worker processes (not ones exited but not yet reaped)."""
+        try:
+            children = psutil.Process(self.pid(name)).children()
+        except psutil.NoSuchProcess:
+            return []
+        live = []
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    live.append(child)
+            except psutil.NoSuchProcess:
+                pass
+        return live
+
+    def stop(self, name: str) -> None:
+        proc = self.running.pop(name)
+        workers = []
+        try:
+            workers = psutil.Process(proc.pid).children()
+        except psutil.NoSuchProcess:
+            pass
+        code = stop_daemon(name, proc)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        for p in alive:
+            p.kill()
+        leaked = os.path.exists(f"/dev/shm/{segment_name(name)}")
+        if leaked:  # clean up even when the assertion below fails the test
+            os.unlink(f"/dev/shm/{segment_name(name)}")
+        assert not alive, f"workers of {name} still alive after stop: {alive}"
+        assert not leaked, f"segment of {name} left in /dev/shm after stop"
+        assert code == 0, f"daemon {name} exited with code {code}"
+
+    def close(self) -> None:
+        errors = []
+        for name in list(self.running):
+            try:
+                self.stop(name)
+            except AssertionError as exc:
+                errors.append(str(exc))
+        assert not errors, errors
+
+
+def status(name: str) -> StatusRecord:
+    with Client(name, timeout_s=5, heartbeat=False) as client:
+        return client.status()
+
+
+def cli(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run the `vidring` command as an operator would."""
+    return subprocess.run([sys.executable, "-m", "vidring.daemon.cli", *args],
+                          capture_output=True, text=True, timeout=timeout_s)

@@ -1,0 +1,92 @@
+"""Operating a daemon: the CLI, bad messages, the lock and the runtime folder, stopping."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import zmq
+
+from tests.support import Daemons, cli, status
+from vidring.daemon import commands
+from vidring.loader import ClipDataset, paths, protocol
+from vidring.loader.ring import segment_name
+
+def _control_socket(name: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"ipc://{paths.control_socket_path(name)}")
+    return ctx, sock
+
+
+def _answer(sock: zmq.Socket[bytes]) -> protocol.Message:
+    assert sock.poll(5000), "no reply"
+    return protocol.decode(sock.recv(), protocol.ANSWERS)
+
+
+def test_bad_messages_get_errors_and_the_daemon_keeps_serving(main_pipeline: str) -> None:
+    ctx, sock = _control_socket(main_pipeline)
+    try:
+        for junk in (b"not json", b'{"v": 2, "type": "get_batch", "epoch": "x", "index": 0}',
+                     b'{"v": 2, "type": "task_done", "task_id": 1}', b"[" * 5000,
+                     b'{"v": 2, "type": "ping", "id": 3, "x": ' + b"[" * 5000 + b"}"):
+            sock.send(junk)
+            reply = _answer(sock)
+            assert isinstance(reply, protocol.ErrorReply), junk[:40]
+            assert reply.code == protocol.E_BAD_MESSAGE
+        sock.send(protocol.encode(protocol.GetBatch(id=1, epoch=0, index=10**6)))
+        reply = _answer(sock)
+        assert isinstance(reply, protocol.ErrorReply) and reply.code == protocol.E_BAD_REQUEST
+        sock.send(b'{"v": 2, "type": "scale", "id": 42, "workers": -1}')
+        assert _answer(sock).id == 42  # the error reaches its request
+    finally:
+        sock.close()
+        ctx.term()
+    assert status(main_pipeline).name == main_pipeline
+
+
+def test_a_deeply_nested_message_gets_an_error_reply(main_pipeline: str) -> None:
+    ctx, sock = _control_socket(main_pipeline)
+    try:
+        sock.send(b'{"v": 2, "type": "release", "id": 9, "lease_ids": ' + b"[" * 5000 + b"}")
+        reply = _answer(sock)
+        # Not parsed, so its id is not known: id 0 errors go to whatever request waits.
+        assert isinstance(reply, protocol.ErrorReply) and reply.id == 0
+        assert "nested deeper" in reply.message
+    finally:
+        sock.close()
+        ctx.term()
+    assert status(main_pipeline).name == main_pipeline
+
+
+def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    plain = cli("status", name)
+    assert plain.returncode == 0 and "queue" in plain.stdout and "workers" in plain.stdout
+    listed = cli("ls")
+    assert name in listed.stdout
+    bad = cli("scale", name, "5000")  # refused before it is sent, not a silent wait
+    assert bad.returncode != 0 and "<= 1024" in bad.stderr and "workers" in bad.stderr
+    workers = daemons.workers(name)
+    assert len(workers) == 1
+    folder = paths.runtime_dir(name)
+    stopped = cli("stop", name)
+    assert stopped.returncode == 0
+    daemons.stop(name)  # waits, and asserts: exit 0, no worker alive, no segment left
+    assert not folder.exists()
+    assert all(not w.is_running() for w in workers)
+    missing = cli("status", name)
+    assert missing.returncode == 1 and "no vidring daemon" in missing.stderr
+
+
+def test_pipeline_names_cannot_collide_through_the_lock(daemons: Daemons, manifest: Path) -> None:
+    base = f"lk{os.getpid()}"
+    others = (f"{base}.lock", f"lock-{base}")
+    for name in (base, *others):
+        daemons.start(manifest, name=name, workers=1, slots=2)
+    daemons.stop(base)  # must not take anything of the others with it
+    for name in others:
+        assert os.path.exists(f"/dev/shm/{segment_name(name)}")
+        with ClipDataset(name) as ds:
+            assert ds[0][0].shape[0] == 4
