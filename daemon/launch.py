@@ -44,16 +44,20 @@ def start_daemon(name: str, serve_args: list[str], *, timeout_s: float = 60.0,
 
 
 def stop_daemon(name: str, proc: subprocess.Popen[bytes], *, timeout_s: float = 15.0) -> int:
-    """Ask the daemon to stop, wait for it, SIGKILL it past the deadline; returns its code."""
+    """Ask the daemon to stop and wait for it; SIGTERM, then SIGKILL, past the deadline.
+
+    A daemon that cannot be asked (it removed its socket) is stopping already: it is
+    waited for, not signalled, so its exit code stays its own.
+    """
     if proc.poll() is None:
         try:
             with Client(name, timeout_s=2.0, heartbeat=False) as client:
-                stop = commands.Stop.Request()
-                client.call(stop, protocol.Empty)
+                client.call(commands.Stop.Request(), protocol.Empty)
         except VidringError:
-            proc.terminate()
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
+            pass
+    for escalate in (proc.terminate, proc.kill):
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            escalate()
+    return proc.wait(timeout=10)

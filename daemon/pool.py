@@ -222,7 +222,9 @@ class WorkerPool:
         """Reap, restart, scale and escalate stops; returns the tasks of workers lost."""
         now = self._clock()
         lost = self._reap(now) + self._kill_stalled(now)
-        counted = [w for w in self._workers.values() if w.state != WorkerState.STOPPING]
+        # A worker killed to be replaced still counts: it comes back when reaped.
+        counted = [w for w in self._workers.values()
+                   if w.state != WorkerState.STOPPING or w.respawn]
         for _ in range(self._target - len(counted)):
             worker = Worker(self._next_id)
             self._next_id += 1
@@ -231,8 +233,8 @@ class WorkerPool:
         if len(counted) > self._target:
             # What costs least first: nothing running, then starting, idle, and busy last;
             # the newest first within each.
-            order = (WorkerState.FATAL, WorkerState.BACKOFF, WorkerState.STARTING,
-                     WorkerState.IDLE, WorkerState.BUSY)
+            order = (WorkerState.STOPPING, WorkerState.FATAL, WorkerState.BACKOFF,
+                     WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY)
             surplus = sorted(counted, key=lambda w: (order.index(w.state), -w.worker_id))
             for worker in surplus[: len(counted) - self._target]:
                 self._begin_stop(worker, now)
@@ -283,7 +285,9 @@ class WorkerPool:
             log.warning("%s; starting it again in %g s", reason, delay_s)
 
     def _begin_stop(self, worker: Worker, now: float) -> None:
-        if worker.state in (WorkerState.BACKOFF, WorkerState.FATAL):
+        if worker.state == WorkerState.STOPPING:
+            worker.respawn = False  # being killed already: just not replaced
+        elif worker.state in (WorkerState.BACKOFF, WorkerState.FATAL):
             worker.state = WorkerState.EXITED  # BACKOFF/FATAL -> EXITED: nothing runs
             del self._workers[worker.worker_id]
         elif worker.state == WorkerState.IDLE:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import stat
 from pathlib import Path
 
 import zmq
 
 from tests.support import Daemons, cli, status
-from vidring.daemon import commands
 from vidring.loader import ClipDataset, paths, protocol
 from vidring.loader.ring import segment_name
 
@@ -90,3 +91,36 @@ def test_pipeline_names_cannot_collide_through_the_lock(daemons: Daemons, manife
         assert os.path.exists(f"/dev/shm/{segment_name(name)}")
         with ClipDataset(name) as ds:
             assert ds[0][0].shape[0] == 4
+
+
+def test_sigterm_stops_like_vidring_stop(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=2, slots=2)
+    folder = paths.runtime_dir(name)
+    workers = daemons.workers(name)
+    with ClipDataset(name) as ds:
+        assert ds[0][0].shape[0] == 4
+        os.kill(daemons.pid(name), signal.SIGTERM)
+        assert daemons.running[name].wait(timeout=20) == 0
+    daemons.stop(name)  # asserts: exit 0, no worker alive, no segment left
+    assert all(not w.is_running() for w in workers)
+    assert not folder.exists() and not paths.lock_path(name).exists()
+
+
+def test_a_second_daemon_of_a_name_is_refused_and_the_first_serves_on(
+        daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    second = cli("serve", "--name", name, "--manifest", str(manifest), "--batch-size", "4",
+                 "--clip-length", "4", "--size", "8x8", "--workers", "1", timeout_s=60)
+    assert second.returncode == 1 and "already served" in second.stderr
+    with ClipDataset(name) as ds:
+        assert ds[0][0].shape[0] == 4
+    assert status(name).pid == daemons.pid(name)
+
+
+def test_the_runtime_folder_and_sockets_are_owner_only(main_pipeline: str) -> None:
+    folder = paths.runtime_dir(main_pipeline)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
+    for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET):
+        assert stat.S_IMODE((folder / sock).stat().st_mode) & 0o077 == 0
+    assert stat.S_IMODE(os.stat(f"/dev/shm/{segment_name(main_pipeline)}").st_mode) == 0o600

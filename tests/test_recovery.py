@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -113,3 +114,57 @@ def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir:
     assert sorted(results[0]) == [0, 1, 2, 3]  # the real clip, not a stand-in
     st = status(name)
     assert st.errors.quarantined == 0 and st.errors.replaced_samples == 0
+
+
+def test_a_stalled_decode_is_killed_and_its_clip_reissued(daemons: Daemons, video_dir: Path,
+                                                         tmp_path: Path) -> None:
+    files = [tmp_path / f"s{i}.mp4" for i in range(4)]
+    for i, f in enumerate(files):
+        f.write_bytes((video_dir / f"v{i + 10:02d}.mp4").read_bytes())
+    (tmp_path / "m.csv").write_text("".join(f"{f},{i}\n" for i, f in enumerate(files)))
+    name = daemons.start(tmp_path / "m.csv", workers=0, slots=2,
+                         extra=["--task-timeout-s", "1", "--retry-delay-s", "0.1"])
+    files[1].unlink()
+    os.mkfifo(files[1])  # probed as a video; opening it now blocks forever
+    assert cli("scale", name, "1").returncode == 0
+    with ClipDataset(name, timeout_s=30) as ds:
+        b = ds.batch(0)
+        assert b.x.shape == (4, CLIP, *SIZE, 3)
+        assert b.provenance["replaced"].sum() == 1 and 1 not in b.y.tolist()
+    st = status(name)
+    assert st.workers.restarts == 3  # each stalled decode killed its worker
+    assert st.errors.quarantined == 1 and st.errors.last is not None
+    assert "stalled for over 1 s" in st.errors.last.reason
+    wait_until(lambda: status(name).workers.idle == 1, 30, "the worker replaced")
+
+
+def test_a_worker_that_cannot_be_spawned_leaves_the_daemon_serving(
+        daemons: Daemons, manifest: Path, tmp_path: Path) -> None:
+    python = tmp_path / "python"  # a wrapper, as an operator might use to pin cores
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    name = daemons.start(manifest, workers=1, slots=2, env={"VIDRING_WORKER_PYTHON": str(python)})
+    python.unlink()  # the interpreter is gone: the next spawn fails
+    assert cli("scale", name, "2").returncode == 0
+    st = wait_until(lambda: (s := status(name)).workers.backoff == 1 and s, 10, "a back-off")
+    assert "cannot start decoder worker" in st.workers.last_error
+    assert st.workers.idle + st.workers.busy == 1
+    shown = cli("status", name)
+    assert "1 in back-off" in shown.stdout and "cannot start" in shown.stdout
+    with ClipDataset(name) as ds:
+        labels = [v for i in range(len(ds)) for v in ds[i][1].tolist()]
+    assert sorted(labels) == list(range(N_VIDEOS))
+
+
+def test_status_answers_with_two_thousand_missing_files(daemons: Daemons, video_dir: Path,
+                                                        tmp_path: Path) -> None:
+    rows = [f"{tmp_path / 'gone' / f'{i:04d}.mp4'},{i % 7}" for i in range(2000)]
+    rows += [f"{video_dir / f'v{i:02d}.mp4'},{i}" for i in range(N_VIDEOS)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    name = daemons.start(tmp_path / "m.csv", workers=1, slots=2)
+    st = status(name)
+    assert st.errors.quarantined == 2000 and len(st.errors.recent_quarantined) == 20
+    assert st.videos == 2000 + N_VIDEOS
+    shown = cli("status", name)
+    assert shown.returncode == 0 and "2000 files quarantined" in shown.stdout
+    assert cli("status", name, "--json").returncode == 0

@@ -1,0 +1,257 @@
+"""Worker states with a fake clock and fake processes: restarts, back-off, stops, stalls."""
+
+from __future__ import annotations
+
+import errno
+import signal
+import subprocess
+from typing import Any
+
+import pytest
+import zmq
+
+from vidring.daemon import pool as pool_mod
+from vidring.daemon.pool import Finished, WorkerPool, WorkerState
+from vidring.daemon.sampler import ClipChoice
+from vidring.daemon.tasks import Task
+from vidring.loader import protocol
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeProcess:
+    """A worker process that exits when told to by the test, or on the signals it obeys."""
+
+    def __init__(self, pid: int, obeys: frozenset[int]) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.obeys = obeys
+        self.signals: list[int] = []
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append(sig)
+        if sig in self.obeys:
+            self.returncode = -sig
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired("worker", timeout or 0)
+        return self.returncode
+
+
+class FakeSocket:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, Any]] = []
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        self.sent.append((frames[0], protocol.decode(frames[1], protocol.DAEMON_TO_WORKER)))
+
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+        raise zmq.Again()
+
+    def stops_to(self, identity: bytes) -> int:
+        return sum(who == identity and isinstance(m, protocol.WorkerStop) for who, m in self.sent)
+
+
+class Harness:
+    def __init__(self, target: int, *, obeys: frozenset[int] = frozenset({signal.SIGKILL}),
+                 fail_spawns: int = 0) -> None:
+        self.clock = Clock()
+        self.socket = FakeSocket()
+        self.procs: list[FakeProcess] = []
+        self.obeys = obeys
+        self.fail_spawns = fail_spawns
+        self.pool = WorkerPool(self.socket, self.start, target,  # type: ignore[arg-type]
+                               task_timeout_s=10.0, clock=self.clock)
+
+    def start(self, identity: bytes) -> FakeProcess:
+        if self.fail_spawns:
+            self.fail_spawns -= 1
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        proc = FakeProcess(1000 + len(self.procs), self.obeys)
+        self.procs.append(proc)
+        return proc
+
+    def ready_all(self) -> None:
+        for w in self.pool.workers():
+            if w.state == WorkerState.STARTING:
+                self.pool.handle(w.identity, protocol.encode(protocol.WorkerReady()))
+
+    def tick(self, advance_s: float = 0.0) -> list[Finished]:
+        self.clock.now += advance_s
+        return self.pool.reconcile()
+
+
+def _task(task_id: int = 1) -> Task:
+    return Task(task_id, slot=0, position=0, key=(0, 0), choice=ClipChoice(0, 0, 0, 0))
+
+
+def _payload(task: Task) -> bytes:
+    return protocol.encode(protocol.Task(task_id=task.task_id, slot=0, position=0, path="v.mp4",
+                                         frame_pts=[0], key_pts=0, key_dts=0))
+
+
+def test_workers_start_become_idle_and_take_tasks() -> None:
+    h = Harness(2)
+    h.tick()
+    assert h.pool.counts().starting == 2
+    h.ready_all()
+    worker = h.pool.idle()[0]
+    task = _task()
+    h.pool.assign(worker, task, _payload(task))
+    assert worker.state == WorkerState.BUSY and h.pool.counts().busy == 1
+    done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    assert done == Finished(task, "") and worker.state == WorkerState.IDLE
+
+
+def test_a_crash_loop_backs_off_then_goes_fatal() -> None:
+    h = Harness(1)
+    h.tick()
+    delays = []
+    for _ in range(pool_mod.MAX_FAILED_STARTS):
+        h.procs[-1].returncode = 1  # dies at once, never ready
+        h.tick(0.1)
+        worker = h.pool.workers()[0]
+        if worker.state == WorkerState.FATAL:
+            break
+        assert worker.state == WorkerState.BACKOFF
+        delays.append(worker.deadline - h.clock.now)
+        h.tick(worker.deadline - h.clock.now)  # BACKOFF -> STARTING
+        assert worker.state == WorkerState.STARTING
+    assert delays == [1.0, 2.0, 4.0, 8.0]
+    counts = h.pool.counts()
+    assert counts.fatal == 1 and counts.alive == 0 and counts.restarts == 5
+    assert "exited with code 1" in counts.last_error
+    h.tick(3600)
+    assert len(h.procs) == 5  # FATAL: not started again by time alone
+    h.pool.set_target(1)  # an operator's scale is the retry
+    h.tick(0.1)
+    assert h.pool.workers()[0].state == WorkerState.STARTING and len(h.procs) == 6
+
+
+def test_a_failed_spawn_backs_off_and_the_others_serve() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    h.fail_spawns = 1
+    h.pool.set_target(2)
+    h.tick()
+    counts = h.pool.counts()
+    assert counts.idle == 1 and counts.backoff == 1
+    assert "cannot start decoder worker 1" in counts.last_error and "temporarily" in counts.last_error
+    h.tick(pool_mod.RESPAWN_BACKOFF_S)
+    h.ready_all()
+    assert h.pool.counts().idle == 2
+
+
+def test_a_crash_after_a_long_run_restarts_at_once() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    first = h.pool.workers()[0].identity
+    h.procs[0].returncode = -9
+    h.tick(pool_mod.CRASH_WINDOW_S + 1)
+    worker = h.pool.workers()[0]
+    assert worker.state == WorkerState.STARTING and worker.identity != first
+    assert h.pool.counts().restarts == 1 and worker.failed_starts == 0
+    # A late message from the process that died is not taken for the new one's.
+    h.pool.handle(first, protocol.encode(protocol.WorkerReady()))
+    assert worker.state == WorkerState.STARTING
+
+
+def test_a_stop_escalates_from_the_message_to_sigterm_to_sigkill() -> None:
+    h = Harness(1)  # obeys only SIGKILL
+    h.tick()
+    h.ready_all()
+    worker = h.pool.workers()[0]
+    proc = h.procs[0]
+    h.pool.set_target(0)
+    h.tick()
+    assert worker.state == WorkerState.STOPPING and h.socket.stops_to(worker.identity) == 1
+    assert proc.signals == []
+    h.tick(pool_mod.STOP_GRACE_S - 0.1)
+    assert proc.signals == []
+    h.tick(0.2)
+    assert proc.signals == [signal.SIGTERM]
+    h.tick(pool_mod.STOP_GRACE_S)
+    assert proc.signals == [signal.SIGTERM, signal.SIGKILL]
+    h.tick(0.1)
+    assert h.pool.workers() == [] and h.pool.counts().restarts == 0
+
+
+def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    worker = h.pool.workers()[0]
+    task = _task()
+    h.pool.assign(worker, task, _payload(task))
+    h.pool.set_target(0)
+    h.tick(5)
+    assert worker.state == WorkerState.STOPPING and h.socket.stops_to(worker.identity) == 0
+    done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    assert done == Finished(task, "")
+    assert h.socket.stops_to(worker.identity) == 1
+
+
+def test_a_stalled_decode_is_killed_its_task_handed_back_and_the_worker_replaced() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    worker = h.pool.workers()[0]
+    task = _task(7)
+    h.pool.assign(worker, task, _payload(task))
+    assert h.tick(9.0) == []
+    lost = h.tick(1.5)
+    assert [f.task for f in lost] == [task] and "stalled for over 10 s" in lost[0].error
+    assert h.procs[0].signals == [signal.SIGKILL]
+    assert h.pool.counts().restarts == 1
+    h.tick(0.1)  # reaped: started again at once
+    assert worker.state == WorkerState.STARTING and len(h.procs) == 2
+    assert h.pool.counts().restarts == 1  # the kill counted once
+
+
+def test_a_worker_never_ready_is_killed_and_counts_as_a_failed_start() -> None:
+    h = Harness(1)
+    h.tick()
+    h.tick(pool_mod.START_TIMEOUT_S + 0.1)
+    assert h.procs[0].signals == [signal.SIGKILL]
+    h.tick(0.1)
+    worker = h.pool.workers()[0]
+    assert worker.state == WorkerState.BACKOFF and worker.failed_starts == 1
+
+
+def test_a_dead_busy_worker_hands_its_task_back() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    task = _task(3)
+    h.pool.assign(h.pool.workers()[0], task, _payload(task))
+    h.procs[0].returncode = -11
+    lost = h.tick(1.0)
+    assert [f.task for f in lost] == [task] and "exit code -11" in lost[0].error
+
+
+@pytest.mark.parametrize("obeys", [frozenset({signal.SIGTERM, signal.SIGKILL}),
+                                   frozenset({signal.SIGKILL})])
+def test_shutdown_stops_every_worker(obeys: frozenset[int]) -> None:
+    h = Harness(3, obeys=obeys)
+    h.tick()
+    h.ready_all()
+    busy = h.pool.idle()[0]
+    task = _task()
+    h.pool.assign(busy, task, _payload(task))
+    idle = [w.identity for w in h.pool.idle()]
+    h.pool.shutdown(grace_s=0.0)
+    assert h.pool.workers() == [] and all(p.returncode is not None for p in h.procs)
+    assert [h.socket.stops_to(identity) for identity in idle] == [1, 1]
+    assert h.procs[0].signals[0] == signal.SIGTERM  # the busy one: its clip is abandoned

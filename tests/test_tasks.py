@@ -1,0 +1,95 @@
+"""The task queue with a fake clock: plan batches to tasks, retries, stand-ins."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vidring.daemon.faults import MAX_FAILURES_IN_A_ROW, FaultLedger
+from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
+
+N_VIDEOS = 8
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _queue(retry_delay_s: float = 2.0) -> tuple[TaskQueue, FaultLedger, Clock]:
+    plan = PlanSettings(np.full(N_VIDEOS, 30, dtype=np.int64), seed=1, batch_size=4,
+                        clip_length=4, stride=1)
+    faults = FaultLedger([f"v{i}.mp4" for i in range(N_VIDEOS)], retry_delay_s)
+    clock = Clock()
+    return TaskQueue(plan, faults, clock=clock), faults, clock
+
+
+def _drain(queue: TaskQueue) -> list[Task]:
+    out = []
+    while (task := queue.pop()) is not None:
+        out.append(task)
+    return out
+
+
+def test_a_batch_becomes_one_task_per_position() -> None:
+    queue, _, _ = _queue()
+    queue.add_batch(slot=2, key=(0, 1))
+    tasks = _drain(queue)
+    assert [(t.slot, t.position, t.key) for t in tasks] == [(2, p, (0, 1)) for p in range(4)]
+    assert len({t.task_id for t in tasks}) == 4 and len(queue) == 0
+
+
+def test_a_failed_clip_waits_its_delay_then_goes_first() -> None:
+    queue, _, clock = _queue(retry_delay_s=2.0)
+    queue.add_batch(0, (0, 0))
+    first = queue.pop()
+    assert first is not None
+    queue.failed(first, "flaky read")
+    assert len(queue) == 4
+    clock.now = 1.9
+    assert queue.pop() is not first
+    clock.now = 2.0
+    assert queue.pop() is first  # due: ahead of what was queued
+    assert first.choice.attempt == 0  # the same clip, not a stand-in
+
+
+def test_a_quarantined_video_gets_the_same_stand_in_every_time() -> None:
+    stand_ins = []
+    for _ in range(2):
+        queue, faults, clock = _queue(retry_delay_s=1.0)
+        queue.add_batch(0, (0, 0))
+        task = queue.pop()
+        assert task is not None
+        planned = task.choice.video_index
+        for _ in range(MAX_FAILURES_IN_A_ROW - 1):
+            queue.failed(task, "bad file")
+            clock.now += 100
+            assert queue.pop() is task
+        queue.failed(task, "bad file")  # quarantined: a stand-in at once, first in line
+        assert planned in faults.quarantine
+        again = queue.pop()
+        assert again is task and task.choice.video_index != planned
+        assert task.choice.planned_index == planned and task.choice.attempt >= 1
+        stand_ins.append((task.choice.video_index, task.choice.start_frame))
+    assert stand_ins[0] == stand_ins[1]
+
+
+def test_a_video_quarantined_while_queued_is_replaced_at_pop() -> None:
+    queue, faults, _ = _queue()
+    queue.add_batch(0, (0, 0))
+    doomed = _drain(queue)
+    queue.add_batch(1, (0, 0))
+    faults.probe_failed(doomed[0].choice.video_index, "gone")
+    task = queue.pop()
+    assert task is not None and task.choice.video_index != doomed[0].choice.video_index
+
+
+def test_no_readable_video_is_fatal_not_a_loop() -> None:
+    queue, faults, _ = _queue()
+    for video in range(N_VIDEOS):
+        faults.probe_failed(video, "unreadable")
+    queue.add_batch(0, (0, 0))
+    assert queue.pop() is None
+    assert "no readable stand-in" in queue.fatal
