@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_CORPUS_DIR = Path.home() / ".cache" / "vidring-bench"
 NUM_CLASSES = 10

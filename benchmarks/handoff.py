@@ -26,9 +26,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
 from corpus import DEFAULT_CORPUS_DIR, make_corpus, write_manifest
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from vidring_daemon import indices_across_epochs, serving, wait_for_slots
 
 KERAS_WARMUP_BATCHES = 2
@@ -158,7 +157,7 @@ def main() -> None:
             if "vidring" in loaders else None
         rows.append({"batch_bytes": shape.batch_bytes, "shape": list(shape.x_shape),
                      "dtype": shape.dtype, "keras_s": keras_s, "vidring_s": vidring_s})
-        print(f"{shape.batch_bytes / 1e6:>9.1f} {str(shape):<28} "
+        print(f"{shape.batch_bytes / 1e6:>9.1f} {shape!s:<28} "
               f"{_ms(keras_s):>9} "
               f"{_or_dash(keras_s and shape.batch_bytes / keras_s / 1e9, '.2f'):>10} "
               f"{_ms(vidring_s):>10} "

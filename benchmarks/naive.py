@@ -9,12 +9,15 @@ so every loader in benchmarks/throughput.py decodes the same clips. Used by thro
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import av
 import cv2
 import keras
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 ClipRef = tuple[str, int]  # (video path, index of the clip's first frame)
 

@@ -23,19 +23,22 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
-from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-
 from corpus import DEFAULT_CORPUS_DIR, label_of, make_corpus, write_manifest
+from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from naive import ClipRef, NaiveOpenCVSequence, PyAVStraightforwardReader
+from vidring_daemon import indices_across_epochs, serving
+
 from vidring.daemon import sampler
 from vidring.daemon.probe import probe
-from vidring_daemon import indices_across_epochs, serving
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BATCH_SIZE = 8
 CLIP_LENGTH = 16

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vidring.daemon.launch import start_daemon, stop_daemon
-from vidring.loader import ClipDataset, Client
+from vidring.loader import Client, ClipDataset
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 CLIENT_TIMEOUT_S = 10
 START_TIMEOUT_S = 120  # a cold start probes every video before serving

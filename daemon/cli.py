@@ -14,12 +14,14 @@ import importlib.metadata
 import json
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vidring.daemon.commands import REGISTRY, Command, by_name
 from vidring.loader import paths, protocol
 from vidring.loader.client import Client, VidringError
-from vidring.loader.status import StatusRecord
+
+if TYPE_CHECKING:
+    from vidring.loader.status import StatusRecord
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -10,16 +10,17 @@ from it.  Adding a command is adding one class here.
 
 from __future__ import annotations
 
-import argparse
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
 from vidring.loader import protocol
-from vidring.loader.status import StatusRecord
 
 if TYPE_CHECKING:
+    import argparse
+
     from vidring.daemon.server import Daemon
+    from vidring.loader.status import StatusRecord
 
 Req = TypeVar("Req", bound=protocol.Request)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,38 +32,38 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _setting(help_: str, default: Any = MISSING, **flag: Any) -> Any:
-    """A field that is also a `vidring serve` flag and a TOML key."""
-    return field(default=default, metadata={"help": help_, **flag})
+def _flag(help_: str, **argparse_kwargs: Any) -> dict[str, Any]:
+    """Field metadata: the field is also a `vidring serve` flag and a TOML key."""
+    return {"help": help_, **argparse_kwargs}
 
 
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """A pipeline's settings; each field (but height and width: `size`) is a flag and a key."""
 
-    manifest: Path = _setting("CSV (path,label), JSONL, or a folder per class", type=Path)
-    name: str = _setting("pipeline name (the trainer's ClipDataset(name))")
-    batch_size: int = _setting("clips per batch", type=int)
-    clip_length: int = _setting("frames per clip (T)", type=int)
+    manifest: Path = field(metadata=_flag("CSV (path,label), JSONL, or a folder per class"))
+    name: str = field(metadata=_flag("pipeline name (the trainer's ClipDataset(name))"))
+    batch_size: int = field(metadata=_flag("clips per batch", type=int))
+    clip_length: int = field(metadata=_flag("frames per clip (T)", type=int))
     height: int = field(metadata={"size": True})
     width: int = field(metadata={"size": True})
-    workers: int = _setting("decoder processes (default: the cores)", type=int)
-    slots: int = _setting("batches the ring holds (default 4)", 4, type=int)
-    seed: int = _setting("seed of the epoch plan (default 0)", 0, type=int)
-    dtype: str = _setting("element type of x (default uint8)", "uint8", choices=sorted(DTYPES))
-    stride: int = _setting("take every F-th frame (default 1)", 1, type=int)
-    task_timeout_s: float = _setting(
-        "kill a decode stalled this long; the clip is retried (default 60)", 60.0, type=float)
-    lease_timeout_s: float = _setting(
-        "take back leases of a live but silent trainer after this (default 60)", 60.0,
-        type=float)
-    exhausted_wait_s: float = _setting(
-        "how long a request waits when the trainer holds every slot (default 30)", 30.0,
-        type=float)
-    retry_delay_s: float = _setting(
-        "wait before retrying a failed clip (default 2; then 4x)", 2.0, type=float)
-    probe_cache: Path | None = _setting(
-        "folder for probe results (default ~/.cache/vidring/probe)", None, type=Path)
+    workers: int = field(metadata=_flag("decoder processes (default: the cores)", type=int))
+    slots: int = field(default=4, metadata=_flag("batches the ring holds (default 4)", type=int))
+    seed: int = field(default=0, metadata=_flag("seed of the epoch plan (default 0)", type=int))
+    dtype: str = field(default="uint8", metadata=_flag("element type of x (default uint8)",
+                                                       choices=sorted(DTYPES)))
+    stride: int = field(default=1, metadata=_flag("take every F-th frame (default 1)", type=int))
+    task_timeout_s: float = field(default=60.0, metadata=_flag(
+        "kill a decode stalled this long; the clip is retried (default 60)", type=float))
+    lease_timeout_s: float = field(default=60.0, metadata=_flag(
+        "take back leases of a live but silent trainer after this (default 60)", type=float))
+    exhausted_wait_s: float = field(default=30.0, metadata=_flag(
+        "how long a request waits when the trainer holds every slot (default 30)",
+        type=float))
+    retry_delay_s: float = field(default=2.0, metadata=_flag(
+        "wait before retrying a failed clip (default 2; then 4x)", type=float))
+    probe_cache: Path | None = field(default=None, metadata=_flag(
+        "folder for probe results (default ~/.cache/vidring/probe)"))
 
     def __post_init__(self) -> None:
         try:

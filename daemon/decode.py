@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # swscale's area filter: antialiased when shrinking (the usual case: 640x360 -> 112x112,
 # like cv2.INTER_AREA), bilinear when growing, and cheaper than its bilinear (0.13 vs
@@ -201,7 +203,7 @@ class ClipDecoder:
         rgb = self._reformatter.reformat(frame, width=self.width, height=self.height,
                                          format="rgb24", interpolation=INTERPOLATION, threads=1)
         plane = rgb.planes[0]
-        rows = np.frombuffer(plane, np.uint8).reshape(self.height, plane.line_size)
+        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(self.height, plane.line_size)
         pixels = rows[:, : self.width * 3].reshape(self.height, self.width, 3)
         first = out[positions[0]]
         if out.dtype == np.uint8:

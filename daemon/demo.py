@@ -119,7 +119,7 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
               f"{'x'.join(map(str, train.info.batch_shape))} {train.info.dtype}")
 
         class QueueDepth(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:  # noqa: ARG002
                 st = train.status()
                 print(f"  queue depth {st.slots.ready}/{st.slots.total} ready, "
                       f"daemon {st.clips_per_s:.0f} clips/s, {st.workers.alive} workers, "

@@ -1,4 +1,4 @@
-"""Per-video metadata (frame timestamps, keyframes, fps), read once and cached on disk.
+"""Per-video metadata (frame timestamps, keyframes, size), read once and cached on disk.
 
 Probing demuxes every packet of the first video stream without decoding it,
 so frame counts and keyframe positions come from the container's own index,
@@ -35,7 +35,6 @@ class VideoInfo:
     keyframe_indices: np.ndarray  # int64, indices into frame_pts, sorted, starts at 0
     keyframe_pts: np.ndarray  # int64, the keyframe each of those frames decodes from
     keyframe_dts: np.ndarray  # int64, and that keyframe's decode timestamp
-    fps: float
     width: int
     height: int
 
@@ -76,8 +75,6 @@ def probe(path: str | Path) -> VideoInfo:
                 dts_of[packet.pts] = packet.dts if packet.dts is not None else packet.pts
                 if packet.is_keyframe:
                     key_pts_flagged.append(packet.pts)
-            rate = stream.average_rate or stream.guessed_rate
-            fps = float(rate) if rate else 0.0
             width, height = stream.codec_context.width, stream.codec_context.height
     except ProbeError:
         raise
@@ -99,7 +96,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_idx = np.concatenate([[0], key_idx]).astype(np.int64)
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
-    return VideoInfo(frame_pts, key_idx, key_pts, dts, fps, width, height)
+    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height)
 
 
 # Below this many uncached videos, starting probe processes costs more than it saves.
@@ -134,8 +131,9 @@ class ProbeCache:
             return None
         try:
             data = json.loads(entry.read_text())
-            arrays = (np.asarray(data[k], np.int64) for k in ("pts", "keys", "key_pts", "key_dts"))
-            return VideoInfo(*arrays, float(data["fps"]), int(data["width"]), int(data["height"]))
+            pts, keys, key_pts, key_dts = (np.asarray(data[k], np.int64)
+                                           for k in ("pts", "keys", "key_pts", "key_dts"))
+            return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -146,7 +144,7 @@ class ProbeCache:
         tmp.write_text(json.dumps({"pts": info.frame_pts.tolist(),
                                    "keys": info.keyframe_indices.tolist(),
                                    "key_pts": info.keyframe_pts.tolist(),
-                                   "key_dts": info.keyframe_dts.tolist(), "fps": info.fps,
+                                   "key_dts": info.keyframe_dts.tolist(),
                                    "width": info.width, "height": info.height}))
         os.replace(tmp, entry)
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from vidring.daemon import sampler
-from vidring.daemon.faults import FaultLedger
-from vidring.daemon.pool import Finished, WorkerPool
-from vidring.daemon.probe import VideoInfo
-from vidring.daemon.schedule import Key
 from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
 from vidring.loader import protocol
-from vidring.loader.ring import Ring
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+
+    from vidring.daemon.faults import FaultLedger
+    from vidring.daemon.pool import Finished, WorkerPool
+    from vidring.daemon.probe import VideoInfo
+    from vidring.daemon.schedule import Key
+    from vidring.loader.ring import Ring
 
 log = logging.getLogger("vidring.daemon")
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from vidring.loader import paths
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class StartupError(Exception):

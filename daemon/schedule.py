@@ -21,11 +21,14 @@ not leased.  A slot is only ever refilled if its content is not among those.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vidring.loader.ring import SlotState
 from vidring.loader.status import SlotCounts
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Key = tuple[int, int]  # (epoch, plan batch)
 
@@ -47,7 +50,7 @@ class SlotRecord:
 
 class Scheduler:
     def __init__(self, slot_count: int, batches_per_epoch: int, batch_size: int,
-                 on_change: Callable[[int, SlotRecord], None] = lambda slot, rec: None,
+                 on_change: Callable[[int, SlotRecord], None] = lambda _slot, _rec: None,
                  first_lease_id: int = 1) -> None:
         if batches_per_epoch < 1:
             raise ValueError("an epoch needs at least one batch")

@@ -31,9 +31,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -49,6 +48,9 @@ from vidring.loader import protocol
 from vidring.loader.client import pid_alive, pid_namespace
 from vidring.loader.ring import Ring
 from vidring.loader.status import STATUS_VERSION, StatusRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 log = logging.getLogger("vidring.daemon")
 
@@ -168,7 +170,7 @@ class Daemon:
         except BadRequest as exc:
             self._error(identity, req.id, protocol.E_BAD_REQUEST, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - a bad request must not stop the daemon
+        except Exception as exc:
             log.exception("handling %s", protocol.type_name(type(req)))
             self._error(identity, req.id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}")
             return

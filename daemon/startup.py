@@ -13,14 +13,12 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
 from vidring.daemon import sampler
-from vidring.daemon.config import ServeConfig
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.pool import WorkerPool, python_starter
@@ -32,6 +30,11 @@ from vidring.daemon.server import Daemon, Parts
 from vidring.daemon.tasks import PlanSettings
 from vidring.loader import protocol
 from vidring.loader.ring import Ring, RingLayout, segment_name
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vidring.daemon.config import ServeConfig
 
 log = logging.getLogger("vidring.daemon")
 
@@ -100,7 +103,7 @@ def _probe_all(config: ServeConfig, manifest: Manifest,
 
 
 def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
-    sock = ctx.socket(zmq.ROUTER)
+    sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
     protocol.configure(sock)
     old_umask = os.umask(0o077)  # the ipc socket file: owner only
     try:

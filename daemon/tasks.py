@@ -18,14 +18,18 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vidring.daemon import sampler
-from vidring.daemon.faults import FaultLedger
 from vidring.daemon.schedule import Key
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vidring.daemon.faults import FaultLedger
 
 log = logging.getLogger("vidring.daemon")
 

@@ -77,7 +77,7 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
         decoder.decode_into(task.path, task.key_pts, task.key_dts, task.frame_pts, out)
     except DecodeError as exc:
         error = f"in decoder worker {identity}: {exc}"
-    except Exception as exc:  # noqa: BLE001 - any failure of one clip is reported, not fatal
+    except Exception as exc:
         error = f"in decoder worker {identity}, file {task.path}: {type(exc).__name__}: {exc}"
     return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error))
 

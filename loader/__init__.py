@@ -14,12 +14,13 @@ from vidring.loader.client import (
     VidringError,
 )
 from vidring.loader.ring import PROVENANCE_DTYPE, Ring, RingError, RingLayout, SlotState
+from vidring.loader.status import StatusRecord
 
 __all__ = [
     "PROVENANCE_DTYPE",
     "Batch",
-    "ClipDataset",
     "Client",
+    "ClipDataset",
     "DaemonError",
     "DaemonUnavailable",
     "Ring",
@@ -27,6 +28,7 @@ __all__ = [
     "RingExhausted",
     "RingLayout",
     "SlotState",
+    "StatusRecord",
     "VidringError",
 ]
 

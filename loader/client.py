@@ -231,7 +231,7 @@ def _error_for(name: str, code: str, message: str) -> VidringError:
 def pid_alive(pid: int) -> bool:
     """True unless the process is gone or a zombie."""
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except (psutil.NoSuchProcess, ValueError):
         return False
     except psutil.Error:

@@ -69,7 +69,7 @@ def lock_path(name: str) -> Path:
 
 def list_pipelines() -> list[str]:
     """Names with a control socket (the daemon behind one may be gone)."""
-    names = set()
+    names: set[str] = set()
     for root in runtime_roots():
         if root.is_dir():
             names.update(p.name for p in root.iterdir() if (p / CONTROL_SOCKET).exists())

@@ -50,8 +50,7 @@ class ProtocolError(ValueError):
     """A frame that is not a valid vidring message; the text says which field."""
 
 
-class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True,
-              kw_only=True):
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
     """Base of every message: the protocol version, the type tag, a request id."""
 
     id: Id = 0
@@ -65,7 +64,7 @@ class Request(Message):
     reply_type: ClassVar[type[Any] | None] = None
 
 
-class Body(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Base of reply records."""
 
 

@@ -167,7 +167,7 @@ class SlotViews:
     provenance: np.ndarray
 
 
-def views_of(buffer: object, base_offset: int, layout: RingLayout) -> SlotViews:
+def views_of(buffer: mmap.mmap | memoryview, base_offset: int, layout: RingLayout) -> SlotViews:
     """x, y and provenance arrays over `buffer` starting at `base_offset` (no copy)."""
     x = np.frombuffer(
         buffer, dtype=layout.np_dtype, count=int(np.prod(layout.x_shape)),
@@ -185,12 +185,11 @@ def views_of(buffer: object, base_offset: int, layout: RingLayout) -> SlotViews:
 class Ring:
     """One ring segment: owns its fd and mapping for the whole of its life."""
 
-    def __init__(self, name: str, fd: int, mm: mmap.mmap, layout: RingLayout, ring_id: int,
-                 owner: bool) -> None:
+    def __init__(self, name: str, fd: int, mm: mmap.mmap, layout: RingLayout,
+                 ring_id: int) -> None:
         self.name = name
         self.layout = layout
         self.ring_id = ring_id
-        self.owner = owner
         self._fd = fd
         self._inode = os.fstat(fd).st_ino
         self._mm: mmap.mmap | None = mm
@@ -234,7 +233,7 @@ class Ring:
             layout.width, layout.channels, DTYPES[layout.dtype], layout.x_offset,
             layout.y_offset, layout.prov_offset, ring_id,
         )
-        ring = cls(name, fd, mm, layout, ring_id, owner=True)
+        ring = cls(name, fd, mm, layout, ring_id)
         for slot in range(layout.slot_count):
             ring.set_slot_state(slot, SlotState.FREE, epoch=-1, plan_batch=-1, fill_seq=0)
         return ring
@@ -271,7 +270,7 @@ class Ring:
         except BaseException:
             os.close(fd)
             raise
-        return cls(name, fd, mm, layout, ring_id, owner=False)
+        return cls(name, fd, mm, layout, ring_id)
 
     def close(self) -> None:
         """Drop this process's mapping; views already handed out stay valid."""

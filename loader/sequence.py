@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import mmap
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from vidring.loader.client import Client, DaemonUnavailable, VidringError
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
-from vidring.loader.status import StatusRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from vidring.loader.status import StatusRecord
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -22,7 +20,12 @@ from vidring.daemon.decode import INTERPOLATION
 from vidring.daemon.launch import start_daemon, stop_daemon
 from vidring.loader import Client
 from vidring.loader.ring import segment_name
-from vidring.loader.status import StatusRecord
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from vidring.loader.status import StatusRecord
 
 # Test videos: 64x48, GOP 10 with B-frames, so clips cross GOP boundaries.
 WIDTH, HEIGHT, GOP = 64, 48, 10
@@ -114,7 +117,7 @@ class Daemons:
         except psutil.NoSuchProcess:
             pass
         code = stop_daemon(name, proc)
-        gone, alive = psutil.wait_procs(workers, timeout=10)
+        _, alive = psutil.wait_procs(workers, timeout=10)
         for p in alive:
             p.kill()
         leaked = os.path.exists(f"/dev/shm/{segment_name(name)}")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
 from tests.support import Daemons, cli, status
 from vidring.loader import ClipDataset, paths, protocol
 from vidring.loader.ring import segment_name
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 def _control_socket(name: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -38,7 +42,8 @@ def test_bad_messages_get_errors_and_the_daemon_keeps_serving(main_pipeline: str
             assert reply.code == protocol.E_BAD_MESSAGE
         sock.send(protocol.encode(protocol.GetBatch(id=1, epoch=0, index=10**6)))
         reply = _answer(sock)
-        assert isinstance(reply, protocol.ErrorReply) and reply.code == protocol.E_BAD_REQUEST
+        assert isinstance(reply, protocol.ErrorReply)
+        assert reply.code == protocol.E_BAD_REQUEST
         sock.send(b'{"v": 2, "type": "scale", "id": 42, "workers": -1}')
         assert _answer(sock).id == 42  # the error reaches its request
     finally:
@@ -53,7 +58,8 @@ def test_a_deeply_nested_message_gets_an_error_reply(main_pipeline: str) -> None
         sock.send(b'{"v": 2, "type": "release", "id": 9, "lease_ids": ' + b"[" * 5000 + b"}")
         reply = _answer(sock)
         # Not parsed, so its id is not known: id 0 errors go to whatever request waits.
-        assert isinstance(reply, protocol.ErrorReply) and reply.id == 0
+        assert isinstance(reply, protocol.ErrorReply)
+        assert reply.id == 0
         assert "nested deeper" in reply.message
     finally:
         sock.close()
@@ -64,11 +70,15 @@ def test_a_deeply_nested_message_gets_an_error_reply(main_pipeline: str) -> None
 def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
     name = daemons.start(manifest, workers=1, slots=2)
     plain = cli("status", name)
-    assert plain.returncode == 0 and "queue" in plain.stdout and "workers" in plain.stdout
+    assert plain.returncode == 0
+    assert "queue" in plain.stdout
+    assert "workers" in plain.stdout
     listed = cli("ls")
     assert name in listed.stdout
     bad = cli("scale", name, "5000")  # refused before it is sent, not a silent wait
-    assert bad.returncode != 0 and "<= 1024" in bad.stderr and "workers" in bad.stderr
+    assert bad.returncode != 0
+    assert "<= 1024" in bad.stderr
+    assert "workers" in bad.stderr
     workers = daemons.workers(name)
     assert len(workers) == 1
     folder = paths.runtime_dir(name)
@@ -78,7 +88,8 @@ def test_cli_status_ls_and_stop(daemons: Daemons, manifest: Path) -> None:
     assert not folder.exists()
     assert all(not w.is_running() for w in workers)
     missing = cli("status", name)
-    assert missing.returncode == 1 and "no vidring daemon" in missing.stderr
+    assert missing.returncode == 1
+    assert "no vidring daemon" in missing.stderr
 
 
 def test_pipeline_names_cannot_collide_through_the_lock(daemons: Daemons, manifest: Path) -> None:
@@ -103,7 +114,8 @@ def test_sigterm_stops_like_vidring_stop(daemons: Daemons, manifest: Path) -> No
         assert daemons.running[name].wait(timeout=20) == 0
     daemons.stop(name)  # asserts: exit 0, no worker alive, no segment left
     assert all(not w.is_running() for w in workers)
-    assert not folder.exists() and not paths.lock_path(name).exists()
+    assert not folder.exists()
+    assert not paths.lock_path(name).exists()
 
 
 def test_a_second_daemon_of_a_name_is_refused_and_the_first_serves_on(
@@ -111,7 +123,8 @@ def test_a_second_daemon_of_a_name_is_refused_and_the_first_serves_on(
     name = daemons.start(manifest, workers=1, slots=2)
     second = cli("serve", "--name", name, "--manifest", str(manifest), "--batch-size", "4",
                  "--clip-length", "4", "--size", "8x8", "--workers", "1", timeout_s=60)
-    assert second.returncode == 1 and "already served" in second.stderr
+    assert second.returncode == 1
+    assert "already served" in second.stderr
     with ClipDataset(name) as ds:
         assert ds[0][0].shape[0] == 4
     assert status(name).pid == daemons.pid(name)

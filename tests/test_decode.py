@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +14,9 @@ from tests.support import reference_decode
 from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder, DecodeError
 from vidring.daemon.probe import ProbeCache, ProbeError, probe
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 H, W = 24, 32
 
@@ -36,7 +39,8 @@ def test_probe_reads_frames_and_keyframes(video: Path) -> None:
     assert info.frames == 32
     assert info.keyframe_indices.tolist() == [0, 10, 20, 30]
     assert (info.width, info.height) == (64, 48)
-    assert info.keyframe_before(19) == 10 and info.keyframe_before(20) == 20
+    assert info.keyframe_before(19) == 10
+    assert info.keyframe_before(20) == 20
 
 
 @pytest.mark.parametrize("start", [0, 3, 8, 9, 10, 11, 19, 26])
@@ -68,15 +72,16 @@ def test_float32_is_uint8_over_255(video: Path) -> None:
     decoder.decode_into(str(video), *info.seek_target(12), pts, out)
     reference = reference_decode(video, H, W)[frames]
     np.testing.assert_allclose(out, reference / 255.0, atol=1e-6)
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert out.min() >= 0.0
+    assert out.max() <= 1.0
 
 
 def test_unreadable_file_is_a_decode_error_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x01garbage" * 100)
-    with pytest.raises(DecodeError, match="bad.mp4"):
+    with pytest.raises(DecodeError, match=r"bad\.mp4"):
         ClipDecoder(H, W).decode_into(str(bad), 0, 0, [0], np.zeros((1, H, W, 3), np.uint8))
-    with pytest.raises(ProbeError, match="bad.mp4"):
+    with pytest.raises(ProbeError, match=r"bad\.mp4"):
         probe(bad)
 
 
@@ -115,5 +120,6 @@ def test_probe_many_in_processes_matches_probe(tmp_path: Path, video_dir: Path) 
     for path, result in zip(paths[:-2], results[:-2], strict=True):
         assert not isinstance(result, str), result
         assert result.frame_pts.tolist() == probe(path).frame_pts.tolist()
-    assert "bad.mp4" in results[-2] and "No such file" in results[-1]
+    assert "bad.mp4" in results[-2]
+    assert "No such file" in results[-1]
     assert len(list((tmp_path / "cache").iterdir())) == 32  # failures are not cached

@@ -12,8 +12,10 @@ def test_retries_back_off_then_quarantine() -> None:
     assert delays == [2.0, 8.0, None]
     assert ledger.quarantine == {1: "boom 2"}
     st = ledger.summary()
-    assert st.count == 3 and st.last == FileError(path="b.mp4", reason="boom 2")
-    assert st.quarantined == 1 and st.recent_quarantined == [st.last]
+    assert st.count == 3
+    assert st.last == FileError(path="b.mp4", reason="boom 2")
+    assert st.quarantined == 1
+    assert st.recent_quarantined == [st.last]
 
 
 def test_a_success_resets_the_run() -> None:
@@ -21,7 +23,8 @@ def test_a_success_resets_the_run() -> None:
     for _ in range(5):
         assert ledger.clip_failed(0, "flaky") == 1.0
         ledger.clip_ok(0, replaced=False)
-    assert not ledger.quarantine and ledger.summary().count == 5
+    assert not ledger.quarantine
+    assert ledger.summary().count == 5
 
 
 def test_probe_failure_quarantines_at_once_and_replacements_are_counted() -> None:
@@ -38,6 +41,7 @@ def test_the_summary_stays_small_whatever_fails() -> None:
     for i in range(5000):
         ledger.probe_failed(i, "x" * 10_000)
     st = ledger.summary()
-    assert st.quarantined == 5000 and len(st.recent_quarantined) == RECENT_QUARANTINED
+    assert st.quarantined == 5000
+    assert len(st.recent_quarantined) == RECENT_QUARANTINED
     assert st.recent_quarantined[-1].path == paths[-1]
     assert all(len(f.reason) <= 500 for f in st.recent_quarantined)

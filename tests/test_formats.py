@@ -3,7 +3,7 @@ approximate seeking, and decoders that read skip_frame only when they open (AV1)
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
@@ -13,6 +13,9 @@ from tests.support import reference_decode
 from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder
 from vidring.daemon.probe import probe
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 H, W = 16, 24
 N_FRAMES = 75

@@ -55,7 +55,7 @@ class FakeSocket:
     def send_multipart(self, frames: list[bytes]) -> None:
         self.sent.append((frames[0], protocol.decode(frames[1], protocol.DAEMON_TO_WORKER)))
 
-    def recv_multipart(self, flags: int = 0) -> list[bytes]:
+    def recv_multipart(self, flags: int = 0) -> list[bytes]:  # noqa: ARG002 - zmq's signature
         raise zmq.Again()
 
     def stops_to(self, identity: bytes) -> int:
@@ -73,7 +73,7 @@ class Harness:
         self.pool = WorkerPool(self.socket, self.start, target,  # type: ignore[arg-type]
                                task_timeout_s=10.0, clock=self.clock)
 
-    def start(self, identity: bytes) -> FakeProcess:
+    def start(self, identity: bytes) -> FakeProcess:  # noqa: ARG002 - a Starter
         if self.fail_spawns:
             self.fail_spawns -= 1
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -108,9 +108,11 @@ def test_workers_start_become_idle_and_take_tasks() -> None:
     worker = h.pool.idle()[0]
     task = _task()
     h.pool.assign(worker, task, _payload(task))
-    assert worker.state == WorkerState.BUSY and h.pool.counts().busy == 1
+    assert worker.state == WorkerState.BUSY
+    assert h.pool.counts().busy == 1
     done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
-    assert done == Finished(task, "") and worker.state == WorkerState.IDLE
+    assert done == Finished(task, "")
+    assert worker.state == WorkerState.IDLE
 
 
 def test_a_crash_loop_backs_off_then_goes_fatal() -> None:
@@ -129,13 +131,16 @@ def test_a_crash_loop_backs_off_then_goes_fatal() -> None:
         assert worker.state == WorkerState.STARTING
     assert delays == [1.0, 2.0, 4.0, 8.0]
     counts = h.pool.counts()
-    assert counts.fatal == 1 and counts.alive == 0 and counts.restarts == 5
+    assert counts.fatal == 1
+    assert counts.alive == 0
+    assert counts.restarts == 5
     assert "exited with code 1" in counts.last_error
     h.tick(3600)
     assert len(h.procs) == 5  # FATAL: not started again by time alone
     h.pool.set_target(1)  # an operator's scale is the retry
     h.tick(0.1)
-    assert h.pool.workers()[0].state == WorkerState.STARTING and len(h.procs) == 6
+    assert h.pool.workers()[0].state == WorkerState.STARTING
+    assert len(h.procs) == 6
 
 
 def test_a_failed_spawn_backs_off_and_the_others_serve() -> None:
@@ -146,8 +151,10 @@ def test_a_failed_spawn_backs_off_and_the_others_serve() -> None:
     h.pool.set_target(2)
     h.tick()
     counts = h.pool.counts()
-    assert counts.idle == 1 and counts.backoff == 1
-    assert "cannot start decoder worker 1" in counts.last_error and "temporarily" in counts.last_error
+    assert counts.idle == 1
+    assert counts.backoff == 1
+    assert "cannot start decoder worker 1" in counts.last_error
+    assert "temporarily" in counts.last_error
     h.tick(pool_mod.RESPAWN_BACKOFF_S)
     h.ready_all()
     assert h.pool.counts().idle == 2
@@ -161,8 +168,10 @@ def test_a_crash_after_a_long_run_restarts_at_once() -> None:
     h.procs[0].returncode = -9
     h.tick(pool_mod.CRASH_WINDOW_S + 1)
     worker = h.pool.workers()[0]
-    assert worker.state == WorkerState.STARTING and worker.identity != first
-    assert h.pool.counts().restarts == 1 and worker.failed_starts == 0
+    assert worker.state == WorkerState.STARTING
+    assert worker.identity != first
+    assert h.pool.counts().restarts == 1
+    assert worker.failed_starts == 0
     # A late message from the process that died is not taken for the new one's.
     h.pool.handle(first, protocol.encode(protocol.WorkerReady()))
     assert worker.state == WorkerState.STARTING
@@ -176,7 +185,8 @@ def test_a_stop_escalates_from_the_message_to_sigterm_to_sigkill() -> None:
     proc = h.procs[0]
     h.pool.set_target(0)
     h.tick()
-    assert worker.state == WorkerState.STOPPING and h.socket.stops_to(worker.identity) == 1
+    assert worker.state == WorkerState.STOPPING
+    assert h.socket.stops_to(worker.identity) == 1
     assert proc.signals == []
     h.tick(pool_mod.STOP_GRACE_S - 0.1)
     assert proc.signals == []
@@ -185,7 +195,8 @@ def test_a_stop_escalates_from_the_message_to_sigterm_to_sigkill() -> None:
     h.tick(pool_mod.STOP_GRACE_S)
     assert proc.signals == [signal.SIGTERM, signal.SIGKILL]
     h.tick(0.1)
-    assert h.pool.workers() == [] and h.pool.counts().restarts == 0
+    assert h.pool.workers() == []
+    assert h.pool.counts().restarts == 0
 
 
 def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
@@ -197,7 +208,8 @@ def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
     h.pool.assign(worker, task, _payload(task))
     h.pool.set_target(0)
     h.tick(5)
-    assert worker.state == WorkerState.STOPPING and h.socket.stops_to(worker.identity) == 0
+    assert worker.state == WorkerState.STOPPING
+    assert h.socket.stops_to(worker.identity) == 0
     done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
     assert done == Finished(task, "")
     assert h.socket.stops_to(worker.identity) == 1
@@ -212,11 +224,13 @@ def test_a_stalled_decode_is_killed_its_task_handed_back_and_the_worker_replaced
     h.pool.assign(worker, task, _payload(task))
     assert h.tick(9.0) == []
     lost = h.tick(1.5)
-    assert [f.task for f in lost] == [task] and "stalled for over 10 s" in lost[0].error
+    assert [f.task for f in lost] == [task]
+    assert "stalled for over 10 s" in lost[0].error
     assert h.procs[0].signals == [signal.SIGKILL]
     assert h.pool.counts().restarts == 1
     h.tick(0.1)  # reaped: started again at once
-    assert worker.state == WorkerState.STARTING and len(h.procs) == 2
+    assert worker.state == WorkerState.STARTING
+    assert len(h.procs) == 2
     assert h.pool.counts().restarts == 1  # the kill counted once
 
 
@@ -227,7 +241,8 @@ def test_a_worker_never_ready_is_killed_and_counts_as_a_failed_start() -> None:
     assert h.procs[0].signals == [signal.SIGKILL]
     h.tick(0.1)
     worker = h.pool.workers()[0]
-    assert worker.state == WorkerState.BACKOFF and worker.failed_starts == 1
+    assert worker.state == WorkerState.BACKOFF
+    assert worker.failed_starts == 1
 
 
 def test_a_dead_busy_worker_hands_its_task_back() -> None:
@@ -238,7 +253,8 @@ def test_a_dead_busy_worker_hands_its_task_back() -> None:
     h.pool.assign(h.pool.workers()[0], task, _payload(task))
     h.procs[0].returncode = -11
     lost = h.tick(1.0)
-    assert [f.task for f in lost] == [task] and "exit code -11" in lost[0].error
+    assert [f.task for f in lost] == [task]
+    assert "exit code -11" in lost[0].error
 
 
 @pytest.mark.parametrize("obeys", [frozenset({signal.SIGTERM, signal.SIGKILL}),
@@ -252,6 +268,7 @@ def test_shutdown_stops_every_worker(obeys: frozenset[int]) -> None:
     h.pool.assign(busy, task, _payload(task))
     idle = [w.identity for w in h.pool.idle()]
     h.pool.shutdown(grace_s=0.0)
-    assert h.pool.workers() == [] and all(p.returncode is not None for p in h.procs)
+    assert h.pool.workers() == []
+    assert all(p.returncode is not None for p in h.procs)
     assert [h.socket.stops_to(identity) for identity in idle] == [1, 1]
     assert h.procs[0].signals[0] == signal.SIGTERM  # the busy one: its clip is abandoned

@@ -25,7 +25,8 @@ def test_roundtrip_keeps_type_id_and_fields() -> None:
 def test_reply_carries_a_record_that_is_validated() -> None:
     lease = protocol.Lease(slot=1, lease_id=9, epoch=0, plan_batch=2, fill_seq=1, ring_id=5)
     msg = protocol.decode(protocol.reply(3, lease), protocol.ANSWERS)
-    assert isinstance(msg, protocol.Reply) and msg.id == 3
+    assert isinstance(msg, protocol.Reply)
+    assert msg.id == 3
     assert protocol.decode_body(msg, protocol.Lease) == lease
     with pytest.raises(protocol.ProtocolError, match="reply to request 3"):
         protocol.decode_body(msg, StatusRecord)
@@ -40,7 +41,8 @@ def test_reply_carries_a_record_that_is_validated() -> None:
         (_frame(type="launch_missiles"), "unknown message type"),
         (_frame(type="task_done", task_id=1), "not accepted here"),
         (_frame(type="get_batch", epoch=1), "missing required field `index`"),
-        (_frame(type="get_batch", epoch="1", index=0), r"Expected `int`, got `str` - at `\$.epoch`"),
+        (_frame(type="get_batch", epoch="1", index=0),
+         r"Expected `int`, got `str` - at `\$.epoch`"),
         (_frame(type="get_batch", epoch=True, index=0), r"got `bool` - at `\$.epoch`"),
         (_frame(type="get_batch", epoch=-1, index=0), r"`int` >= 0 - at `\$.epoch`"),
         (_frame(type="get_batch", epoch=2**63, index=0), r"at `\$.epoch`"),
@@ -74,10 +76,10 @@ def test_every_command_is_registered_once_with_its_reply() -> None:
     names = [cmd.name for cmd in commands.REGISTRY.values()]
     assert len(names) == len(set(names))
     assert {"hello", "get_batch", "release", "ping", "status", "scale", "stop"} <= set(names)
-    assert REQUESTS == frozenset(commands.REGISTRY)
+    assert frozenset(commands.REGISTRY) == REQUESTS
+
+    class Clash(protocol.Request, tag="scale"):
+        pass
+
     with pytest.raises(TypeError, match="registered twice"):
-
-        class Clash(protocol.Request, tag="scale"):
-            pass
-
         protocol.register(Clash)

@@ -6,12 +6,16 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, cli, status, wait_until
 from vidring.loader import ClipDataset, DaemonError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
 
 def test_scaling_mid_epoch_loses_and_duplicates_nothing(daemons: Daemons, manifest: Path) -> None:
     name = daemons.start(manifest, batch_size=2, workers=1, slots=2, seed=3)
@@ -28,7 +32,8 @@ def test_scaling_mid_epoch_loses_and_duplicates_nothing(daemons: Daemons, manife
             assert sorted(labels) == list(range(N_VIDEOS)), f"epoch {epoch}"
             ds.set_epoch(epoch + 1)
     st = status(name)
-    assert st.workers.target == 1 and st.workers.restarts == 0
+    assert st.workers.target == 1
+    assert st.workers.restarts == 0
 
 
 def test_corrupt_missing_and_vanished_files_are_replaced_and_counted(
@@ -113,7 +118,8 @@ def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir:
         assert not reader.is_alive()
     assert sorted(results[0]) == [0, 1, 2, 3]  # the real clip, not a stand-in
     st = status(name)
-    assert st.errors.quarantined == 0 and st.errors.replaced_samples == 0
+    assert st.errors.quarantined == 0
+    assert st.errors.replaced_samples == 0
 
 
 def test_a_stalled_decode_is_killed_and_its_clip_reissued(daemons: Daemons, video_dir: Path,
@@ -130,10 +136,12 @@ def test_a_stalled_decode_is_killed_and_its_clip_reissued(daemons: Daemons, vide
     with ClipDataset(name, timeout_s=30) as ds:
         b = ds.batch(0)
         assert b.x.shape == (4, CLIP, *SIZE, 3)
-        assert b.provenance["replaced"].sum() == 1 and 1 not in b.y.tolist()
+        assert b.provenance["replaced"].sum() == 1
+        assert 1 not in b.y.tolist()
     st = status(name)
     assert st.workers.restarts == 3  # each stalled decode killed its worker
-    assert st.errors.quarantined == 1 and st.errors.last is not None
+    assert st.errors.quarantined == 1
+    assert st.errors.last is not None
     assert "stalled for over 1 s" in st.errors.last.reason
     wait_until(lambda: status(name).workers.idle == 1, 30, "the worker replaced")
 
@@ -150,7 +158,8 @@ def test_a_worker_that_cannot_be_spawned_leaves_the_daemon_serving(
     assert "cannot start decoder worker" in st.workers.last_error
     assert st.workers.idle + st.workers.busy == 1
     shown = cli("status", name)
-    assert "1 in back-off" in shown.stdout and "cannot start" in shown.stdout
+    assert "1 in back-off" in shown.stdout
+    assert "cannot start" in shown.stdout
     with ClipDataset(name) as ds:
         labels = [v for i in range(len(ds)) for v in ds[i][1].tolist()]
     assert sorted(labels) == list(range(N_VIDEOS))
@@ -163,8 +172,10 @@ def test_status_answers_with_two_thousand_missing_files(daemons: Daemons, video_
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     name = daemons.start(tmp_path / "m.csv", workers=1, slots=2)
     st = status(name)
-    assert st.errors.quarantined == 2000 and len(st.errors.recent_quarantined) == 20
+    assert st.errors.quarantined == 2000
+    assert len(st.errors.recent_quarantined) == 20
     assert st.videos == 2000 + N_VIDEOS
     shown = cli("status", name)
-    assert shown.returncode == 0 and "2000 files quarantined" in shown.stdout
+    assert shown.returncode == 0
+    assert "2000 files quarantined" in shown.stdout
     assert cli("status", name, "--json").returncode == 0

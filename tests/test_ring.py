@@ -53,12 +53,14 @@ def test_create_attach_share_memory_and_unlink(seg_name: str) -> None:
     assert mode == 0o600
     writer = Ring.attach(seg_name, writable=True)
     reader = Ring.attach(seg_name)
-    assert reader.layout == lay and reader.ring_id == ring.ring_id
+    assert reader.layout == lay
+    assert reader.ring_id == ring.ring_id
     writer.sample_array(1, 1)[:] = 77
     ring.set_slot_state(1, SlotState.READY, epoch=3, plan_batch=4, fill_seq=5)
     views = reader.views(1)
     assert views.x.shape == (2, 3, 4, 5, 3)
-    assert (views.x[1] == 77).all() and (views.x[0] == 0).all()
+    assert (views.x[1] == 77).all()
+    assert (views.x[0] == 0).all()
     assert reader.slot_state(1) == (SlotState.READY, 3, 4, 5)
     assert not views.x.flags.writeable  # the trainer maps read-only
     del views
@@ -88,7 +90,7 @@ def test_full_shm_is_a_clear_error_and_leaves_nothing(seg_name: str) -> None:
     lay = RingLayout(slot_count=2, batch_size=1, clip_length=free_bytes // frame_bytes + 1,
                      height=512, width=512, dtype="uint8", channels=4)
     assert lay.total_bytes > free_bytes
-    with pytest.raises(RingError, match="cannot reserve .* /dev/shm"):
+    with pytest.raises(RingError, match=r"cannot reserve .* /dev/shm"):
         Ring.create(seg_name, lay)
     assert not os.path.exists(f"/dev/shm/{seg_name}")
 

@@ -37,7 +37,8 @@ def test_lease_release_and_repeat_from_kept_content() -> None:
     lease = s.lease(slot, b"a")
     assert s.slots[slot].state == SlotState.LEASED
     assert not s.release(lease, b"b")  # only its owner can
-    assert s.release(lease, b"a") and not s.release(lease, b"a")
+    assert s.release(lease, b"a")
+    assert not s.release(lease, b"a")
     assert s.slots[slot].state == SlotState.FREE
     assert s.available(key) == slot  # a repeated request before refill needs no decode
 
@@ -79,8 +80,11 @@ def test_leases_are_released_by_owner() -> None:
     s.lease(slots[2], b"b")
     assert (s.held_by(b"a"), s.held_by(b"b")) == (2, 2)
     assert s.release_owner(b"a") == 2
-    assert s.lease_slot(a1) is None and s.lease_slot(a2) is None
+    assert s.lease_slot(a1) is None
+    assert s.lease_slot(a2) is None
     assert s.slots[slots[0]].state == SlotState.FREE
     assert s.slots[slots[1]].state == SlotState.LEASED  # b still holds it
-    assert s.release(b1, b"b") and s.slots[slots[1]].state == SlotState.FREE
-    assert s.release_owner(b"a") == 0 and s.held_by(b"b") == 1
+    assert s.release(b1, b"b")
+    assert s.slots[slots[1]].state == SlotState.FREE
+    assert s.release_owner(b"a") == 0
+    assert s.held_by(b"b") == 1

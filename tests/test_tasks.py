@@ -38,7 +38,8 @@ def test_a_batch_becomes_one_task_per_position() -> None:
     queue.add_batch(slot=2, key=(0, 1))
     tasks = _drain(queue)
     assert [(t.slot, t.position, t.key) for t in tasks] == [(2, p, (0, 1)) for p in range(4)]
-    assert len({t.task_id for t in tasks}) == 4 and len(queue) == 0
+    assert len({t.task_id for t in tasks}) == 4
+    assert len(queue) == 0
 
 
 def test_a_failed_clip_waits_its_delay_then_goes_first() -> None:
@@ -70,8 +71,10 @@ def test_a_quarantined_video_gets_the_same_stand_in_every_time() -> None:
         queue.failed(task, "bad file")  # quarantined: a stand-in at once, first in line
         assert planned in faults.quarantine
         again = queue.pop()
-        assert again is task and task.choice.video_index != planned
-        assert task.choice.planned_index == planned and task.choice.attempt >= 1
+        assert again is task
+        assert task.choice.video_index != planned
+        assert task.choice.planned_index == planned
+        assert task.choice.attempt >= 1
         stand_ins.append((task.choice.video_index, task.choice.start_frame))
     assert stand_ins[0] == stand_ins[1]
 
@@ -83,7 +86,8 @@ def test_a_video_quarantined_while_queued_is_replaced_at_pop() -> None:
     queue.add_batch(1, (0, 0))
     faults.probe_failed(doomed[0].choice.video_index, "gone")
     task = queue.pop()
-    assert task is not None and task.choice.video_index != doomed[0].choice.video_index
+    assert task is not None
+    assert task.choice.video_index != doomed[0].choice.video_index
 
 
 def test_no_readable_video_is_fatal_not_a_loop() -> None:

@@ -24,7 +24,9 @@ def test_a_full_ring_waits_for_a_release_then_says_so() -> None:
     full = _progress(all_leased=True, last_clip_at=0.0)
     assert POLICY.judge(WAITING, 129.0, full)[0] is Verdict.WAIT
     verdict, text = POLICY.judge(WAITING, 131.0, full)
-    assert verdict is Verdict.EXHAUSTED and "holds all 4 slots" in text and "--slots" in text
+    assert verdict is Verdict.EXHAUSTED
+    assert "holds all 4 slots" in text
+    assert "--slots" in text
     # A full ring is never a stall, however long no clip finished.
     assert POLICY.judge(WAITING, 129.0, full)[0] is not Verdict.STALLED
 
@@ -34,7 +36,8 @@ def test_no_clip_for_the_decode_timeout_and_grace_is_a_stall() -> None:
     assert POLICY.judge(WAITING, 100.0 + stall_after - 1, _progress())[0] is Verdict.WAIT
     verdict, text = POLICY.judge(WAITING, 100.0 + stall_after + 1,
                                  _progress(workers_alive=0, worker_restarts=7))
-    assert verdict is Verdict.STALLED and "0 of 2 workers alive, 7 worker restarts" in text
+    assert verdict is Verdict.STALLED
+    assert "0 of 2 workers alive, 7 worker restarts" in text
 
 
 def test_a_stall_counts_from_the_request_not_from_the_last_clip() -> None:
@@ -45,6 +48,8 @@ def test_a_stall_counts_from_the_request_not_from_the_last_clip() -> None:
 
 def test_scaled_to_zero_and_fatal_are_said_at_once() -> None:
     verdict, text = POLICY.judge(WAITING, 100.0, _progress(workers_wanted=0))
-    assert verdict is Verdict.STALLED and "scaled to 0" in text
+    assert verdict is Verdict.STALLED
+    assert "scaled to 0" in text
     verdict, text = POLICY.judge(WAITING, 100.0, _progress(fatal="no readable stand-in"))
-    assert verdict is Verdict.STALLED and text == "no readable stand-in"
+    assert verdict is Verdict.STALLED
+    assert text == "no readable stand-in"

@@ -1,0 +1,27 @@
+"""The public surface: what `vidring.loader` exports, and the command's version."""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import vidring.loader
+from tests.support import cli
+
+
+def test_every_export_exists() -> None:
+    assert set(vidring.loader.__all__) == {
+        "PROVENANCE_DTYPE", "Batch", "ClipDataset", "Client", "DaemonError", "DaemonUnavailable",
+        "Ring", "RingError", "RingExhausted", "RingLayout", "SlotState", "StatusRecord",
+        "VidringError",
+    }
+    for name in vidring.loader.__all__:
+        assert getattr(vidring.loader, name) is not None, name
+    errors = [vidring.loader.DaemonError, vidring.loader.DaemonUnavailable,
+              vidring.loader.RingExhausted]
+    assert all(issubclass(e, vidring.loader.VidringError) for e in errors)
+
+
+def test_version_is_the_installed_one() -> None:
+    done = cli("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"vidring {importlib.metadata.version('vidring')}"
