@@ -7,14 +7,16 @@ PY := $(VENV)/bin/python
 # A GPU machine: make TF='tensorflow[and-cuda]' demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test lint bench venv clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Strict editable mode links every module into build/ so mypy sees the package;
+# the folders are prerequisites so that a new module is linked too.
+$(STAMP): pyproject.toml loader daemon
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet '$(TF)' -e '.[test]'
+	$(PY) -m pip install --quiet '$(TF)' -e '.[test,lint]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -23,9 +25,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+lint: $(STAMP)
+	$(VENV)/bin/mypy -p vidring.loader -p vidring.daemon
+	$(VENV)/bin/ruff check .
+
 bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/handoff.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
