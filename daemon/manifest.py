@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidring.loader.protocol import INT32_LIMIT
+
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
 
@@ -64,7 +66,7 @@ def _label(text: object, where: str) -> int:
         except ValueError:
             raise ManifestError(
                 f"{where}: field 'label' must be an integer, got {text!r}") from None
-    if not -(2**31) <= value < 2**31:
+    if not -INT32_LIMIT <= value < INT32_LIMIT:
         raise ManifestError(f"{where}: field 'label' {value} does not fit in int32")
     return value
 

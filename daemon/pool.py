@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -387,17 +385,3 @@ class WorkerPool:
         self._workers.clear()
         self._by_identity.clear()
 
-
-def python_starter(endpoint: str, segment: str, ring_id: int) -> Starter:
-    """Workers as `python -m vidring.daemon.worker`, under the daemon's interpreter or
-    VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
-    python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
-    parent = str(os.getpid())
-
-    def start(identity: bytes) -> Process:
-        cmd = [python, "-m", "vidring.daemon.worker", "--endpoint", endpoint,
-               "--segment", segment, "--ring-id", str(ring_id), "--identity", identity.decode(),
-               "--parent-pid", parent]
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
-
-    return start

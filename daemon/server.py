@@ -184,11 +184,11 @@ class Daemon:
         # A pid from another pid namespace (a container) cannot be checked here.
         same_ns = req.pid_ns in (0, pid_namespace())
         self._clients[identity].pid = req.client_pid if same_ns else None
+        st = self.status()  # what both tell a client, told the same way
         return protocol.HelloReply(
-            pid=os.getpid(), pid_ns=pid_namespace(), name=self.config.name,
-            segment=self.ring.name, ring_id=self.ring.ring_id,
-            batches_per_epoch=self.sched.batches_per_epoch, batch_shape=self.ring.layout.x_shape,
-            dtype=self.config.dtype, epoch=self.sched.consumer_epoch,
+            pid=st.pid, pid_ns=pid_namespace(), name=st.name, segment=st.segment,
+            ring_id=self.ring.ring_id, batches_per_epoch=st.batches_per_epoch,
+            batch_shape=st.batch_shape, dtype=st.dtype, epoch=st.epoch,
             classes=self.manifest.classes)
 
     def get_batch(self, identity: bytes, req: protocol.GetBatch) -> protocol.Lease | None:

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import secrets
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ import zmq
 from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
-from vidring.daemon.pool import WorkerPool, python_starter
+from vidring.daemon.pool import Process, Starter, WorkerPool
 from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
 from vidring.daemon.production import Production
 from vidring.daemon.runtime import RuntimeDir, StartupError
@@ -111,6 +113,21 @@ def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     finally:
         os.umask(old_umask)
     return sock
+
+
+def python_starter(endpoint: str, segment: str, ring_id: int) -> Starter:
+    """Workers as `python -m vidring.daemon.worker`, under the daemon's interpreter or
+    VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
+    python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
+    parent = str(os.getpid())
+
+    def start(identity: bytes) -> Process:
+        cmd = [python, "-m", "vidring.daemon.worker", "--endpoint", endpoint,
+               "--segment", segment, "--ring-id", str(ring_id), "--identity", identity.decode(),
+               "--parent-pid", parent]
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
+
+    return start
 
 
 def _publisher(ring: Ring) -> Callable[[int, SlotRecord], None]:

@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from vidring.loader.client import Client, DaemonUnavailable, VidringError
+from vidring.loader.protocol import INT32_LIMIT
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class ClipDataset(keras.utils.PyDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Serve `epoch` next (resuming, or driving epochs by hand)."""
-        if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**31:
+        if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < INT32_LIMIT:
             raise ValueError(f"epoch must be an int in 0..2**31-1, got {epoch!r}")
         self.epoch = int(epoch)
         self._requested: set[int] = set()
