@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import zmq
 
-from tests.support import Daemons, cli, status
+from tests.support import Daemons, cli, status, wait_until
 from vidring.loader import ClipDataset, paths, protocol
 from vidring.loader.ring import segment_name
 
@@ -107,9 +107,11 @@ def test_pipeline_names_cannot_collide_through_the_lock(daemons: Daemons, manife
 def test_sigterm_stops_like_vidring_stop(daemons: Daemons, manifest: Path) -> None:
     name = daemons.start(manifest, workers=2, slots=2)
     folder = paths.runtime_dir(name)
-    workers = daemons.workers(name)
     with ClipDataset(name) as ds:
         assert ds[0][0].shape[0] == 4
+        wait_until(lambda: status(name).workers.idle == 2, 30, "both workers ready")
+        workers = daemons.workers(name)
+        assert len(workers) == 2
         os.kill(daemons.pid(name), signal.SIGTERM)
         assert daemons.running[name].wait(timeout=20) == 0
     daemons.stop(name)  # asserts: exit 0, no worker alive, no segment left

@@ -97,12 +97,19 @@ def test_no_workers_is_an_error_not_a_hang(daemons: Daemons, manifest: Path) -> 
         assert ds[0][0].shape[0] == 4
 
 
-def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir: Path,
-                                                    tmp_path: Path) -> None:
+def _own_copies(video_dir: Path, tmp_path: Path) -> list[Path]:
+    """Four test videos copied where a test may break them, listed in tmp_path/m.csv
+    with labels 0..3: one batch of 4 is exactly these."""
     files = [tmp_path / f"c{i}.mp4" for i in range(4)]
     for i, f in enumerate(files):
         f.write_bytes((video_dir / f"v{i + 10:02d}.mp4").read_bytes())
     (tmp_path / "m.csv").write_text("".join(f"{f},{i}\n" for i, f in enumerate(files)))
+    return files
+
+
+def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir: Path,
+                                                    tmp_path: Path) -> None:
+    files = _own_copies(video_dir, tmp_path)
     name = daemons.start(tmp_path / "m.csv", workers=0, slots=2,
                          extra=["--retry-delay-s", "2"])
     aside = tmp_path / "aside.mp4"
@@ -124,10 +131,7 @@ def test_a_passing_error_is_retried_not_quarantined(daemons: Daemons, video_dir:
 
 def test_a_stalled_decode_is_killed_and_its_clip_reissued(daemons: Daemons, video_dir: Path,
                                                          tmp_path: Path) -> None:
-    files = [tmp_path / f"s{i}.mp4" for i in range(4)]
-    for i, f in enumerate(files):
-        f.write_bytes((video_dir / f"v{i + 10:02d}.mp4").read_bytes())
-    (tmp_path / "m.csv").write_text("".join(f"{f},{i}\n" for i, f in enumerate(files)))
+    files = _own_copies(video_dir, tmp_path)
     name = daemons.start(tmp_path / "m.csv", workers=0, slots=2,
                          extra=["--task-timeout-s", "1", "--retry-delay-s", "0.1"])
     files[1].unlink()
@@ -152,6 +156,7 @@ def test_a_worker_that_cannot_be_spawned_leaves_the_daemon_serving(
     python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     python.chmod(0o755)
     name = daemons.start(manifest, workers=1, slots=2, env={"VIDRING_WORKER_PYTHON": str(python)})
+    wait_until(lambda: status(name).workers.idle == 1, 30, "the first worker ready")
     python.unlink()  # the interpreter is gone: the next spawn fails
     assert cli("scale", name, "2").returncode == 0
     st = wait_until(lambda: (s := status(name)).workers.backoff == 1 and s, 10, "a back-off")
