@@ -10,11 +10,13 @@ from it.  Adding a command is adding one class here.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
 from vidring.loader import protocol
+from vidring.loader.client import pid_namespace
 
 if TYPE_CHECKING:
     import argparse
@@ -22,7 +24,12 @@ if TYPE_CHECKING:
     from vidring.daemon.server import Daemon
     from vidring.loader.status import StatusRecord
 
+log = logging.getLogger("vidring.daemon")
 Req = TypeVar("Req", bound=protocol.Request)
+
+
+class BadRequest(Exception):
+    """A well-formed request the daemon cannot honour; the text says why."""
 
 
 class Command(Generic[Req]):
@@ -77,7 +84,11 @@ class Hello(Command[protocol.Hello]):
     request = protocol.Hello
 
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.Hello) -> Any:
-        return daemon.hello(identity, req)
+        # A pid from another pid namespace (a container) cannot be checked here.
+        same_ns = req.pid_ns in (0, pid_namespace())
+        daemon.client(identity).pid = req.client_pid if same_ns else None
+        return protocol.HelloReply(status=daemon.status(), pid_ns=pid_namespace(),
+                                   ring_id=daemon.ring.ring_id, classes=daemon.manifest.classes)
 
 
 @command
@@ -87,7 +98,15 @@ class GetBatch(Command[protocol.GetBatch]):
     request = protocol.GetBatch
 
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.GetBatch) -> Any:
-        return daemon.get_batch(identity, req)
+        try:
+            key = daemon.sched.assign(req.epoch, req.index)
+        except IndexError as exc:
+            raise BadRequest(str(exc)) from None
+        slot = daemon.sched.available(key)
+        if slot is not None:
+            return daemon.lease(identity, slot)
+        daemon.wait_for(identity, req.id, key)
+        return None  # answered once its batch is ready
 
 
 @command
@@ -192,7 +211,9 @@ class Scale(Command["Scale.Request"]):
     cli = True
 
     def handle(self, daemon: Daemon, identity: bytes, req: Scale.Request) -> Any:
-        return self.Reply(target=req.workers, previous=daemon.scale(req.workers))
+        previous = daemon.pool.set_target(req.workers)
+        log.info("scale: %d -> %d workers", previous, req.workers)
+        return self.Reply(target=req.workers, previous=previous)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("workers", type=int, help="the new worker count")

@@ -116,7 +116,7 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
         train = ClipDataset(f"{tag}-train")
         val = ClipDataset(f"{tag}-val")
         print(f"classes: {train.info.classes}; {len(train)} batches/epoch of "
-              f"{'x'.join(map(str, train.info.batch_shape))} {train.info.dtype}")
+              f"{'x'.join(map(str, train.info.status.batch_shape))} {train.info.status.dtype}")
 
         class QueueDepth(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:  # noqa: ARG002
@@ -125,12 +125,12 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
                       f"daemon {st.clips_per_s:.0f} clips/s, {st.workers.alive} workers, "
                       f"{st.errors.count} errors")
 
-        model = _model(tuple(train.info.batch_shape[1:]))
+        model = _model(tuple(train.info.status.batch_shape[1:]))
         fit_started = time.perf_counter()
         history = model.fit(train, epochs=epochs, validation_data=val, verbose=2,
                             callbacks=[QueueDepth()])
         fit_s = time.perf_counter() - fit_started
-        clips = epochs * len(train) * train.info.batch_shape[0]
+        clips = epochs * len(train) * train.info.status.batch_shape[0]
         st = train.status()
         train.close()
         val.close()

@@ -10,12 +10,13 @@ States, each transition written where it happens:
     IDLE -> STOPPING       scaled down: worker_stop now, SIGTERM and SIGKILL on deadlines
     BUSY -> STOPPING       scaled down (it finishes its clip first), or its decode ran
                            past the task timeout (SIGKILL now; started again once gone)
-    STARTING -> STOPPING   scaled down (one not ready within START_TIMEOUT_S is killed
-                           and stays STARTING: a failed start when reaped)
+    STARTING -> STOPPING   scaled down, or not ready within START_TIMEOUT_S (killed: a
+                           failed start when reaped)
     * -> EXITED            its process is gone; a worker still wanted goes on:
     EXITED -> STARTING     at once, after a crash of a worker that ran a while
-    EXITED -> BACKOFF      a failed start (it could not be spawned, was never ready, or
-                           died within CRASH_WINDOW_S): started again after a delay
+    EXITED -> BACKOFF      a failed start (it could not be spawned or was never ready),
+                           or a crash within CRASH_WINDOW_S of its start: started again
+                           after a delay (only failed starts count towards FATAL)
     BACKOFF -> STARTING    the delay passed
     EXITED -> FATAL        MAX_FAILED_STARTS failed starts in a row: given up on
     FATAL -> BACKOFF       set_target() (an operator's `vidring scale` is the retry)
@@ -46,7 +47,7 @@ log = logging.getLogger("vidring.daemon")
 
 # Each step of a stop (worker_stop, SIGTERM, SIGKILL) waits this long for the exit.
 STOP_GRACE_S = 3.0
-# A worker that dies this soon after its start failed to start.
+# A worker that crashes this soon after its start is started again only after a pause.
 CRASH_WINDOW_S = 5.0
 # A worker not ready this long after its start is stuck (an import hanging on a mount).
 START_TIMEOUT_S = 60.0
@@ -54,7 +55,8 @@ START_TIMEOUT_S = 60.0
 RESPAWN_BACKOFF_S = 1.0
 MAX_FAILED_STARTS = 5
 _NEVER = float("inf")
-_DRAIN_LIMIT = 1000  # messages per receive(), so a flood cannot starve the control socket
+# Messages handled per socket per turn of the loop, so a flood on one cannot starve the other.
+DRAIN_LIMIT = 1000
 
 
 class WorkerState(enum.IntEnum):
@@ -102,7 +104,8 @@ class Worker:
     proc: Process | None = None
     generation: int = 0  # one per process started, so a late message of an earlier one is ignored
     started_at: float = 0.0
-    failed_starts: int = 0  # in a row
+    failed_starts: int = 0  # in a row; reset when one becomes ready
+    start_failed: bool = False  # STOPPING: killed for not becoming ready
     task: Task | None = None
     task_started: float = 0.0
     deadline: float = _NEVER  # STARTING: ready by; STOPPING: next signal; BACKOFF: start at
@@ -178,7 +181,7 @@ class WorkerPool:
     def receive(self) -> list[Finished]:
         """Handle the messages waiting on the work socket; returns the tasks they finished."""
         finished = []
-        for _ in range(_DRAIN_LIMIT):
+        for _ in range(DRAIN_LIMIT):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -202,6 +205,7 @@ class WorkerPool:
             if worker.state == WorkerState.STARTING:
                 worker.state = WorkerState.IDLE  # STARTING -> IDLE
                 worker.deadline = _NEVER
+                worker.failed_starts = 0
             return None
         assert isinstance(msg, protocol.TaskDone)
         task = worker.task
@@ -244,9 +248,8 @@ class WorkerPool:
             elif worker.state == WorkerState.STARTING:
                 log.warning("decoder worker %d not ready after %g s: killing it",
                             worker.worker_id, START_TIMEOUT_S)
-                worker.deadline = _NEVER
-                if worker.proc is not None:
-                    worker.proc.send_signal(signal.SIGKILL)
+                worker.respawn = worker.start_failed = True
+                self._signal(worker, signal.SIGKILL, now)  # STARTING -> STOPPING
             elif worker.state == WorkerState.STOPPING and worker.task is None:
                 self._signal(worker, signal.SIGKILL if worker.signals_sent else signal.SIGTERM,
                              now)
@@ -254,7 +257,7 @@ class WorkerPool:
 
     def _start(self, worker: Worker, now: float) -> None:
         worker.generation += 1
-        worker.respawn = False
+        worker.respawn = worker.start_failed = False
         try:
             proc = self._starter(worker.identity)
         except OSError as exc:
@@ -340,21 +343,28 @@ class WorkerPool:
             asked, respawn = worker.state == WorkerState.STOPPING, worker.respawn
             never_ready = worker.state == WorkerState.STARTING
             worker.state = WorkerState.EXITED  # * -> EXITED
+            ran_s = now - worker.started_at
+            reason = (f"decoder worker {worker.worker_id} exited with code {code} after "
+                      f"{ran_s:.1f} s")
             if asked and not respawn:
                 del self._workers[worker.worker_id]  # scaled down: gone for good
+            elif asked and worker.start_failed:
+                self._failed_start(worker, now, f"decoder worker {worker.worker_id} not ready "
+                                                f"after {START_TIMEOUT_S:g} s")
             elif asked:
-                self._start(worker, now)  # EXITED -> STARTING (killed while stalled or stuck)
+                self._start(worker, now)  # EXITED -> STARTING (killed while stalled)
+            elif never_ready:
+                self.restarts += 1
+                self._failed_start(worker, now, reason)
             else:
                 self.restarts += 1
-                ran_s = now - worker.started_at
-                reason = (f"decoder worker {worker.worker_id} exited with code {code} after "
-                          f"{ran_s:.1f} s")
-                if never_ready or ran_s < CRASH_WINDOW_S:
-                    self._failed_start(worker, now, reason)
+                self.last_error = reason
+                if ran_s < CRASH_WINDOW_S:
+                    worker.state = WorkerState.BACKOFF  # EXITED -> BACKOFF (a quick crash)
+                    worker.deadline = now + RESPAWN_BACKOFF_S
+                    log.warning("%s; starting it again in %g s", reason, RESPAWN_BACKOFF_S)
                 else:
-                    self.last_error = reason
                     log.warning("%s; starting it again", reason)
-                    worker.failed_starts = 0
                     self._start(worker, now)  # EXITED -> STARTING
         return lost
 
@@ -370,12 +380,12 @@ class WorkerPool:
             elif worker.proc is not None:
                 worker.task = None  # abandoned: nobody reads this slot again
                 self._signal(worker, signal.SIGTERM, now)
-        end = time.monotonic() + grace_s
+        end = self._clock() + grace_s
         for worker in self._workers.values():
             if worker.proc is None:
                 continue
             try:
-                worker.proc.wait(timeout=max(0.0, end - time.monotonic()))
+                worker.proc.wait(timeout=max(0.0, end - self._clock()))
             except subprocess.TimeoutExpired:
                 worker.proc.send_signal(signal.SIGKILL)
                 try:

@@ -197,10 +197,6 @@ class Scheduler:
 
     # -- status --------------------------------------------------------------
 
-    def lease_slot(self, lease_id: int) -> int | None:
-        lease = self._leases.get(lease_id)
-        return None if lease is None else lease.slot
-
     def counts(self) -> SlotCounts:
         states = [rec.state for rec in self.slots]
         return SlotCounts(total=len(states), free=states.count(SlotState.FREE),

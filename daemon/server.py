@@ -36,16 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from vidring.daemon.commands import REGISTRY
+from vidring.daemon.commands import REGISTRY, BadRequest
 from vidring.daemon.config import ServeConfig
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest
-from vidring.daemon.pool import WorkerPool
+from vidring.daemon.pool import DRAIN_LIMIT, WorkerPool
 from vidring.daemon.production import Production
-from vidring.daemon.schedule import Scheduler
+from vidring.daemon.schedule import Key, Scheduler
 from vidring.daemon.waiting import Progress, Verdict, Waiting, WaitPolicy
 from vidring.loader import protocol
-from vidring.loader.client import pid_alive, pid_namespace
+from vidring.loader.client import pid_alive
 from vidring.loader.ring import Ring
 from vidring.loader.status import STATUS_VERSION, StatusRecord
 
@@ -58,10 +58,6 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
 # Forget a client with no leases after this much silence (the CLI, a closed trainer).
 _IDLE_CLIENT_S = 10.0
-
-
-class BadRequest(Exception):
-    """A well-formed request the daemon cannot honour; the text says why."""
 
 
 @dataclass(slots=True)
@@ -127,7 +123,7 @@ class Daemon:
             self.close()
 
     def _receive_control(self) -> None:
-        for _ in range(1000):  # bounded, so one flood cannot starve the work socket
+        for _ in range(DRAIN_LIMIT):
             try:
                 frames = self._control.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -167,53 +163,31 @@ class Daemon:
             return
         try:
             body = REGISTRY[type(req)].handle(self, identity, req)
+            if body is not None and req.reply_type is not None:
+                self._control.send_multipart([identity, protocol.reply(req.id, body)])
         except BadRequest as exc:
             self._error(identity, req.id, protocol.E_BAD_REQUEST, str(exc))
-            return
-        except Exception as exc:
+        except Exception as exc:  # a bad request (or a reply too big to send) must not stop us
             log.exception("handling %s", protocol.type_name(type(req)))
             self._error(identity, req.id, protocol.E_INTERNAL, f"{type(exc).__name__}: {exc}")
-            return
-        if body is not None and req.reply_type is not None:
-            self._control.send_multipart([identity, protocol.reply(req.id, body)])
 
     def _error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
         self._control.send_multipart([identity, protocol.error(req_id, code, message)])
 
-    def hello(self, identity: bytes, req: protocol.Hello) -> protocol.HelloReply:
-        # A pid from another pid namespace (a container) cannot be checked here.
-        same_ns = req.pid_ns in (0, pid_namespace())
-        self._clients[identity].pid = req.client_pid if same_ns else None
-        st = self.status()  # what both tell a client, told the same way
-        return protocol.HelloReply(
-            pid=st.pid, pid_ns=pid_namespace(), name=st.name, segment=st.segment,
-            ring_id=self.ring.ring_id, batches_per_epoch=st.batches_per_epoch,
-            batch_shape=st.batch_shape, dtype=st.dtype, epoch=st.epoch,
-            classes=self.manifest.classes)
+    def client(self, identity: bytes) -> ClientRecord:
+        return self._clients[identity]
 
-    def get_batch(self, identity: bytes, req: protocol.GetBatch) -> protocol.Lease | None:
-        try:
-            key = self.sched.assign(req.epoch, req.index)
-        except IndexError as exc:
-            raise BadRequest(str(exc)) from None
-        slot = self.sched.available(key)
-        if slot is not None:
-            return self._lease(identity, slot)
-        self._waiting.append(Waiting(identity, req.id, key, self._clock()))
-        return None  # answered by _answer_waiting once its batch is ready
+    def wait_for(self, identity: bytes, req_id: int, key: Key) -> None:
+        """Answer request `req_id` once batch `key` is ready (or say why it cannot be)."""
+        self._waiting.append(Waiting(identity, req_id, key, self._clock()))
 
-    def _lease(self, identity: bytes, slot: int) -> protocol.Lease:
+    def lease(self, identity: bytes, slot: int) -> protocol.Lease:
         lease_id = self.sched.lease(slot, identity)
         rec = self.sched.slots[slot]
         assert rec.key is not None
         return protocol.Lease(slot=slot, lease_id=lease_id, epoch=rec.key[0],
                               plan_batch=rec.key[1], fill_seq=rec.fill_seq,
                               ring_id=self.ring.ring_id)
-
-    def scale(self, workers: int) -> int:
-        previous = self.pool.set_target(workers)
-        log.info("scale: %d -> %d workers", previous, workers)
-        return previous
 
     def forget_client(self, identity: bytes) -> None:
         self._clients.pop(identity, None)
@@ -245,7 +219,7 @@ class Daemon:
             slot = self.sched.available(w.key)
             if slot is not None:
                 self._control.send_multipart(
-                    [w.identity, protocol.reply(w.req_id, self._lease(w.identity, slot))])
+                    [w.identity, protocol.reply(w.req_id, self.lease(w.identity, slot))])
                 continue
             verdict, text = self._policy.judge(w, now, progress)
             if verdict is Verdict.EXHAUSTED:

@@ -89,7 +89,7 @@ class Client:
         # A daemon in another pid namespace (across a container boundary) has a pid
         # that means nothing here: rely on the timeout alone.
         same_ns = info.pid_ns in (0, pid_namespace())
-        self.daemon_pid = info.pid if same_ns else None
+        self.daemon_pid = info.status.pid if same_ns else None
         if self._heartbeat is not None and not self._heartbeat.is_alive():
             self._heartbeat.start()
         return info
@@ -108,7 +108,12 @@ class Client:
         with self._lock:
             self._flush_releases()
             reply = self._roundtrip(request)
-        return protocol.decode_body(reply, reply_type)
+            try:
+                return protocol.decode_body(reply, reply_type)
+            except protocol.ProtocolError as exc:
+                self._discard(reply)  # a lease in a reply we cannot read still goes back
+                raise DaemonError(self.name, protocol.E_BAD_MESSAGE,
+                                  f"unreadable reply: {exc}") from None
 
     def release(self, lease_id: int) -> None:
         """Give a lease back; safe from any thread, never blocks."""
@@ -165,7 +170,11 @@ class Client:
             self._flush_releases()
             wait_s = max(0.0, min(next_ping, last_heard + self.timeout_s, now + _SLICE_S) - now)
             if self._sock.poll(int(wait_s * 1000) + 1, zmq.POLLIN):
-                msg = protocol.decode(self._sock.recv(), protocol.ANSWERS)
+                try:
+                    msg = protocol.decode(self._sock.recv(), protocol.ANSWERS)
+                except protocol.ProtocolError as exc:
+                    raise DaemonError(self.name, protocol.E_BAD_MESSAGE,
+                                      f"unreadable answer: {exc}") from None
                 last_heard = time.monotonic()
                 if isinstance(msg, protocol.ErrorReply) and msg.id in (req_id, 0):
                     raise _error_for(self.name, msg.code, msg.message)

@@ -76,16 +76,10 @@ class Empty(Body):
 
 
 class HelloReply(Body):
-    pid: int
-    pid_ns: int
-    name: str
-    segment: str
-    ring_id: int
-    batches_per_epoch: int
-    batch_shape: tuple[int, ...]
-    dtype: str
-    epoch: int
-    classes: dict[str, int]
+    status: StatusRecord  # the pipeline, as `vidring status` shows it
+    pid_ns: int  # the daemon's pid namespace: its pid means something only within it
+    ring_id: int  # names this daemon's ring, so a restart under the same name is noticed
+    classes: dict[str, int]  # class name -> label, for folder and class-name manifests
 
 
 class Hello(Request, tag="hello"):

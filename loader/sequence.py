@@ -70,12 +70,12 @@ class ClipDataset(keras.utils.PyDataset):
         self._client = Client(name, timeout_s=timeout_s)
         try:
             self.info = self._client.hello()
-            self._ring = Ring.attach(self.info.segment)
+            self._ring = Ring.attach(self.info.status.segment)
         except BaseException:
             self._client.close()
             raise
         self.layout: RingLayout = self._ring.layout
-        self._batches_per_epoch = self.info.batches_per_epoch
+        self._batches_per_epoch = self.info.status.batches_per_epoch
         # id(slot mapping) -> lease id, for release(); entries go with the mapping.
         self._lease_of: dict[int, int] = {}
 

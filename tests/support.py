@@ -36,6 +36,16 @@ SIZE = (24, 32)  # H, W of the delivered clips
 _names = itertools.count()
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str,
                interval_s: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout_s`."""

@@ -45,7 +45,9 @@ def test_bad_messages_get_errors_and_the_daemon_keeps_serving(main_pipeline: str
         assert isinstance(reply, protocol.ErrorReply)
         assert reply.code == protocol.E_BAD_REQUEST
         sock.send(b'{"v": 2, "type": "scale", "id": 42, "workers": -1}')
-        assert _answer(sock).id == 42  # the error reaches its request
+        reply = _answer(sock)
+        assert isinstance(reply, protocol.ErrorReply)
+        assert reply.id == 42  # the error reaches its request
     finally:
         sock.close()
         ctx.term()

@@ -10,19 +10,12 @@ from typing import Any
 import pytest
 import zmq
 
+from tests.support import FakeClock
 from vidring.daemon import pool as pool_mod
 from vidring.daemon.pool import Finished, WorkerPool, WorkerState
 from vidring.daemon.sampler import ClipChoice
 from vidring.daemon.tasks import Task
 from vidring.loader import protocol
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeProcess:
@@ -65,7 +58,7 @@ class FakeSocket:
 class Harness:
     def __init__(self, target: int, *, obeys: frozenset[int] = frozenset({signal.SIGKILL}),
                  fail_spawns: int = 0) -> None:
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.socket = FakeSocket()
         self.procs: list[FakeProcess] = []
         self.obeys = obeys
@@ -137,10 +130,11 @@ def test_a_crash_loop_backs_off_then_goes_fatal() -> None:
     assert "exited with code 1" in counts.last_error
     h.tick(3600)
     assert len(h.procs) == 5  # FATAL: not started again by time alone
-    h.pool.set_target(1)  # an operator's scale is the retry
+    h.pool.set_target(2)  # an operator's scale is the retry
     h.tick(0.1)
-    assert h.pool.workers()[0].state == WorkerState.STARTING
-    assert len(h.procs) == 6
+    states = sorted(w.state for w in h.pool.workers())
+    assert states == [WorkerState.STARTING, WorkerState.STARTING]
+    assert len(h.procs) == 7
 
 
 def test_a_failed_spawn_backs_off_and_the_others_serve() -> None:
@@ -272,3 +266,101 @@ def test_shutdown_stops_every_worker(obeys: frozenset[int]) -> None:
     assert all(p.returncode is not None for p in h.procs)
     assert [h.socket.stops_to(identity) for identity in idle] == [1, 1]
     assert h.procs[0].signals[0] == signal.SIGTERM  # the busy one: its clip is abandoned
+
+
+def test_becoming_ready_ends_a_run_of_failed_starts() -> None:
+    h = Harness(1, fail_spawns=3)
+    for _ in range(3):
+        h.tick(60)
+    assert h.pool.workers()[0].failed_starts == 3
+    h.tick(60)
+    h.ready_all()
+    worker = h.pool.workers()[0]
+    assert worker.state == WorkerState.IDLE
+    assert worker.failed_starts == 0
+    h.procs[-1].returncode = -11  # a crash soon after: a pause, but no step towards FATAL
+    h.tick(1.0)
+    assert worker.state == WorkerState.BACKOFF
+    assert worker.failed_starts == 0
+    h.tick(pool_mod.RESPAWN_BACKOFF_S)
+    assert worker.state == WorkerState.STARTING
+
+
+def test_a_ready_message_after_the_start_timeout_kill_is_ignored() -> None:
+    h = Harness(1)
+    h.tick()
+    worker = h.pool.workers()[0]
+    stale = worker.identity
+    h.tick(pool_mod.START_TIMEOUT_S + 0.1)
+    assert worker.state == WorkerState.STOPPING
+    assert h.procs[0].signals == [signal.SIGKILL]
+    h.pool.handle(stale, protocol.encode(protocol.WorkerReady()))  # sent before it was killed
+    assert worker.state == WorkerState.STOPPING
+    assert not h.pool.idle()
+    h.tick(0.1)
+    assert worker.state == WorkerState.BACKOFF
+    assert worker.failed_starts == 1
+    assert "not ready after" in h.pool.counts().last_error
+
+
+def test_a_starting_worker_scaled_down_gets_sigterm_then_sigkill() -> None:
+    h = Harness(1)
+    h.tick()
+    h.pool.set_target(0)
+    h.tick()
+    assert h.procs[0].signals == [signal.SIGTERM]
+    h.tick(pool_mod.STOP_GRACE_S)
+    assert h.procs[0].signals == [signal.SIGTERM, signal.SIGKILL]
+    h.tick(0.1)
+    assert h.pool.workers() == []
+
+
+def test_a_busy_worker_scaled_down_is_escalated_after_its_clip() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    worker = h.pool.workers()[0]
+    task = _task()
+    h.pool.assign(worker, task, _payload(task))
+    h.pool.set_target(0)
+    h.tick(9)  # still decoding: no signal
+    assert h.procs[0].signals == []
+    h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    h.tick(pool_mod.STOP_GRACE_S)
+    assert h.procs[0].signals == [signal.SIGTERM]
+
+
+def test_scaling_down_drops_workers_in_back_off_first() -> None:
+    h = Harness(2, fail_spawns=1)
+    h.tick()
+    h.ready_all()
+    assert sorted(w.state for w in h.pool.workers()) == [WorkerState.IDLE, WorkerState.BACKOFF]
+    h.pool.set_target(1)
+    h.tick(10)  # past its back-off: it must not start again
+    assert [w.state for w in h.pool.workers()] == [WorkerState.IDLE]
+    assert len(h.procs) == 1
+
+
+def test_a_stalled_worker_being_scaled_down_is_not_replaced() -> None:
+    h = Harness(1)
+    h.tick()
+    h.ready_all()
+    task = _task()
+    h.pool.assign(h.pool.workers()[0], task, _payload(task))
+    h.pool.set_target(0)
+    h.tick()
+    lost = h.tick(11)
+    assert [f.task for f in lost] == [task]
+    assert h.procs[0].signals == [signal.SIGKILL]
+    h.tick(0.1)
+    assert h.pool.workers() == []
+    assert len(h.procs) == 1
+
+
+def test_a_bad_or_deep_message_on_the_work_socket_changes_nothing() -> None:
+    h = Harness(1)
+    h.tick()
+    worker = h.pool.workers()[0]
+    for junk in (b"[" * 5000, b"{}", b'{"v": 2, "type": "task_done", "task_id": "x"}'):
+        assert h.pool.handle(worker.identity, junk) is None
+    assert worker.state == WorkerState.STARTING

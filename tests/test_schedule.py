@@ -49,11 +49,12 @@ def test_waiting_key_evicts_unwanted_prefetch_not_leased_slots() -> None:
     first = s.lease(s.available(s.assign(0, 0)), b"a")
     s.release(first, b"a")
     s.assign(0, 1)
-    held = s.lease(s.available((0, 1)), b"a")
+    s.lease(s.available((0, 1)), b"a")
     # Both slots busy or kept; a waiting request for batch 0 of a new epoch must get one.
     started = s.next_fills([(1, 0)])
     assert [key for _, key in started] == [(1, 0)]
-    assert s.slots[s.lease_slot(held)].state == SlotState.LEASED
+    assert s.held_by(b"a") == 1
+    assert s.slots[s.available((0, 1))].state == SlotState.LEASED
 
 
 def test_all_leased_is_detected() -> None:
@@ -80,8 +81,8 @@ def test_leases_are_released_by_owner() -> None:
     s.lease(slots[2], b"b")
     assert (s.held_by(b"a"), s.held_by(b"b")) == (2, 2)
     assert s.release_owner(b"a") == 2
-    assert s.lease_slot(a1) is None
-    assert s.lease_slot(a2) is None
+    assert not s.release(a1, b"a")
+    assert not s.release(a2, b"a")
     assert s.slots[slots[0]].state == SlotState.FREE
     assert s.slots[slots[1]].state == SlotState.LEASED  # b still holds it
     assert s.release(b1, b"b")

@@ -28,7 +28,7 @@ def test_a_full_ring_waits_for_a_release_then_says_so() -> None:
     assert "holds all 4 slots" in text
     assert "--slots" in text
     # A full ring is never a stall, however long no clip finished.
-    assert POLICY.judge(WAITING, 129.0, full)[0] is not Verdict.STALLED
+    assert POLICY.judge(WAITING, 100.0 + 60.0 + STALL_GRACE_S + 1, full)[0] is Verdict.EXHAUSTED
 
 
 def test_no_clip_for_the_decode_timeout_and_grace_is_a_stall() -> None:
