@@ -86,7 +86,7 @@ class Hello(Command[protocol.Hello]):
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.Hello) -> Any:
         # A pid from another pid namespace (a container) cannot be checked here.
         same_ns = req.pid_ns in (0, pid_namespace())
-        daemon.client(identity).pid = req.client_pid if same_ns else None
+        daemon.clients.record(identity).pid = req.client_pid if same_ns else None
         return protocol.HelloReply(status=daemon.status(), pid_ns=pid_namespace(),
                                    ring_id=daemon.ring.ring_id, classes=daemon.manifest.classes)
 
@@ -99,7 +99,7 @@ class GetBatch(Command[protocol.GetBatch]):
 
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.GetBatch) -> Any:
         try:
-            key = daemon.sched.assign(req.epoch, req.index)
+            key = daemon.sched.assign(identity, req.epoch, req.index)
         except IndexError as exc:
             raise BadRequest(str(exc)) from None
         slot = daemon.sched.available(key)
@@ -116,8 +116,9 @@ class Release(Command[protocol.Release]):
     request = protocol.Release
 
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.Release) -> Any:
-        for lease_id in req.lease_ids:
-            daemon.sched.release(lease_id, identity)
+        released = sum(daemon.sched.release(lease_id, identity) for lease_id in req.lease_ids)
+        if req.spilled and released:
+            daemon.clients.spilled(identity, released)
 
 
 @command

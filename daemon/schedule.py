@@ -1,8 +1,11 @@
 """Slots, leases and what to fill next: the daemon's bookkeeping, without I/O.
 
-A batch is named by its key (epoch, plan batch).  The first request for index
-i of an epoch is assigned the next plan batch of that epoch; a repeat gets
-the same one (DESIGN.md, "Batches, epochs and what Keras really does").
+A batch is named by its key (epoch, plan batch).  The first request of a
+client for index i of an epoch is assigned that client's next plan batch of
+the epoch; a repeat gets the same one (DESIGN.md, "Batches, epochs and what
+Keras really does").  Each client has its own index maps, so trainers at
+different epochs of one pipeline never change what the other's epoch holds;
+prefetch follows the client that asked last.
 
 Slot states (ring.SlotState), each transition made in one place here:
     FREE -> FILLING   start_fill(): its B clips go to the workers
@@ -57,28 +60,30 @@ class Scheduler:
         self.slots = [SlotRecord() for _ in range(slot_count)]
         self.batches_per_epoch = batches_per_epoch
         self.batch_size = batch_size
-        self.consumer_epoch = 0
+        self.consumer_epoch = 0  # the epoch of the last request: prefetch follows it
         self._on_change = on_change
         self._content: dict[Key, int] = {}  # key -> slot filling or holding it
-        self._index_maps: dict[int, dict[int, int]] = {}
+        # owner -> epoch -> {request index -> plan batch}
+        self._index_maps: dict[bytes, dict[int, dict[int, int]]] = {}
+        self._lead = b""  # the owner whose map prefetch follows
         self._leases: dict[int, Lease] = {}
         self._next_lease = first_lease_id
 
     # -- requests ------------------------------------------------------------
 
-    def assign(self, epoch: int, index: int) -> Key:
-        """The plan batch that serves request (epoch, index); stable within the epoch."""
+    def assign(self, owner: bytes, epoch: int, index: int) -> Key:
+        """The plan batch that serves `owner`'s request (epoch, index); stable within the epoch."""
         if not 0 <= index < self.batches_per_epoch:
             raise IndexError(f"batch index {index} out of range 0..{self.batches_per_epoch - 1}")
-        mapping = self._index_maps.setdefault(epoch, {})
+        maps = self._index_maps.setdefault(owner, {})
+        mapping = maps.setdefault(epoch, {})
         if index not in mapping:
             mapping[index] = len(mapping)
-        if epoch != self.consumer_epoch:
-            # Prefetch follows the trainer, also backwards (a trainer resumed at an
-            # earlier epoch against a long-running daemon).
-            self.consumer_epoch = epoch
-            for other in [e for e in self._index_maps if abs(e - epoch) > 1]:
-                del self._index_maps[other]
+        # Prefetch follows the trainer, also backwards (a trainer resumed at an
+        # earlier epoch against a long-running daemon).
+        self._lead, self.consumer_epoch = owner, epoch
+        for other in [e for e in maps if abs(e - epoch) > 1]:
+            del maps[other]
         return (epoch, mapping[index])
 
     def available(self, key: Key) -> int | None:
@@ -114,12 +119,22 @@ class Scheduler:
             self._on_change(lease.slot, rec)
         return True
 
-    def release_owner(self, owner: bytes) -> int:
-        """Give back every lease of `owner` (a client that left); returns how many."""
-        mine = [lease_id for lease_id, lease in self._leases.items() if lease.owner == owner]
-        for lease_id in mine:
+    def release_owner(self, owner: bytes) -> list[Key]:
+        """Give back every lease of `owner`; returns the batches they held."""
+        mine = [(lease_id, lease) for lease_id, lease in self._leases.items()
+                if lease.owner == owner]
+        keys = []
+        for lease_id, lease in mine:
+            key = self.slots[lease.slot].key
+            if key is not None:
+                keys.append(key)
             self.release(lease_id, owner)
-        return len(mine)
+        return keys
+
+    def forget(self, owner: bytes) -> None:
+        """A client that left: its leases go back and its index maps go."""
+        self.release_owner(owner)
+        self._index_maps.pop(owner, None)
 
     def held_by(self, owner: bytes) -> int:
         return sum(lease.owner == owner for lease in self._leases.values())
@@ -133,11 +148,12 @@ class Scheduler:
         for key in waiting:
             if key not in keys:
                 keys.append(key)
+        maps = self._index_maps.get(self._lead, {})
         epoch = self.consumer_epoch
-        batch = len(self._index_maps.get(epoch, {}))
+        batch = len(maps.get(epoch, {}))
         while len(keys) < capacity:
             if batch >= self.batches_per_epoch:
-                epoch, batch = epoch + 1, len(self._index_maps.get(epoch + 1, {}))
+                epoch, batch = epoch + 1, len(maps.get(epoch + 1, {}))
                 continue
             if (epoch, batch) not in keys:
                 keys.append((epoch, batch))

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from vidring.daemon.clients import Clients
 from vidring.daemon.commands import REGISTRY, BadRequest
 from vidring.daemon.config import ServeConfig
 from vidring.daemon.faults import FaultLedger
@@ -45,7 +46,6 @@ from vidring.daemon.production import Production
 from vidring.daemon.schedule import Key, Scheduler
 from vidring.daemon.waiting import Progress, Verdict, Waiting, WaitPolicy
 from vidring.loader import protocol
-from vidring.loader.client import pid_alive
 from vidring.loader.ring import Ring
 from vidring.loader.status import STATUS_VERSION, StatusRecord
 
@@ -56,14 +56,6 @@ log = logging.getLogger("vidring.daemon")
 
 _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 _CLIENT_CHECK_S = 1.0
-# Forget a client with no leases after this much silence (the CLI, a closed trainer).
-_IDLE_CLIENT_S = 10.0
-
-
-@dataclass(slots=True)
-class ClientRecord:
-    pid: int | None = None  # None: in another pid namespace, liveness unknown
-    last_seen: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +89,7 @@ class Daemon:
         self._stopping = False
         self._started_at = time.time()
         self._waiting: list[Waiting] = []
-        self._clients: dict[bytes, ClientRecord] = {}
+        self.clients = Clients(self.config.lease_timeout_s)
         self._last_client_check = 0.0
 
     # -- loop ---------------------------------------------------------------------
@@ -157,9 +149,13 @@ class Daemon:
             self._error(identity, protocol.peek_id(data), protocol.E_BAD_MESSAGE, str(exc))
             return
         assert isinstance(req, protocol.Request)
-        self._clients.setdefault(identity, ClientRecord()).last_seen = self._clock()
+        self.clients.seen(identity, self._clock())
         if self._stopping and req.reply_type is not None:
             self._error(identity, req.id, protocol.E_STOPPING, "daemon is stopping")
+            return
+        notice = self.clients.take_notice(identity) if req.reply_type is not None else None
+        if notice is not None:
+            self._error(identity, req.id, protocol.E_LEASE_EXPIRED, notice)
             return
         try:
             body = REGISTRY[type(req)].handle(self, identity, req)
@@ -174,9 +170,6 @@ class Daemon:
     def _error(self, identity: bytes, req_id: int, code: str, message: str) -> None:
         self._control.send_multipart([identity, protocol.error(req_id, code, message)])
 
-    def client(self, identity: bytes) -> ClientRecord:
-        return self._clients[identity]
-
     def wait_for(self, identity: bytes, req_id: int, key: Key) -> None:
         """Answer request `req_id` once batch `key` is ready (or say why it cannot be)."""
         self._waiting.append(Waiting(identity, req_id, key, self._clock()))
@@ -190,21 +183,17 @@ class Daemon:
                               ring_id=self.ring.ring_id)
 
     def forget_client(self, identity: bytes) -> None:
-        self._clients.pop(identity, None)
-        self.sched.release_owner(identity)
+        self.clients.forget(identity)
+        self.sched.forget(identity)
         self._waiting = [w for w in self._waiting if w.identity != identity]
 
     def _expire_clients(self, now: float) -> None:
-        for identity, client in list(self._clients.items()):
-            silent_s = now - client.last_seen
-            held = self.sched.held_by(identity)
-            gone = client.pid is not None and not pid_alive(client.pid)
-            idle = not held and silent_s > _IDLE_CLIENT_S
-            if gone or idle or silent_s > self.config.lease_timeout_s:
-                if held:
-                    log.info("client pid %s %s: releasing %d leases", client.pid,
-                             "exited" if gone else f"silent for {silent_s:.0f} s", held)
-                self.forget_client(identity)
+        forget, expire = self.clients.sweep(now, self.sched.held_by)
+        for identity in forget:
+            self.forget_client(identity)
+        for identity in expire:
+            keys = self.sched.release_owner(identity)
+            self.clients.leases_expired(identity, keys, self.clients.silent_s(identity, now))
 
     def _answer_waiting(self, now: float) -> None:
         if not self._waiting:
@@ -221,8 +210,11 @@ class Daemon:
                 self._control.send_multipart(
                     [w.identity, protocol.reply(w.req_id, self.lease(w.identity, slot))])
                 continue
-            verdict, text = self._policy.judge(w, now, progress)
-            if verdict is Verdict.EXHAUSTED:
+            verdict, text = self._policy.judge(w, now, progress,
+                                               holds=self.sched.held_by(w.identity))
+            if verdict is Verdict.SPILL:
+                self._error(w.identity, w.req_id, protocol.E_RING_FULL, text)
+            elif verdict is Verdict.EXHAUSTED:
                 self._error(w.identity, w.req_id, protocol.E_RING_EXHAUSTED, text)
             elif verdict is Verdict.STALLED:
                 self._error(w.identity, w.req_id, protocol.E_STALLED, text)
@@ -240,7 +232,8 @@ class Daemon:
             clips_total=self.production.clips_total, errors=self.faults.summary(),
             videos=len(self.manifest), classes=len(self.manifest.classes),
             manifest=str(self.manifest.source), segment=self.ring.name,
-            ring_mib=round(layout.total_bytes / 2**20, 1), clients=len(self._clients),
+            ring_mib=round(layout.total_bytes / 2**20, 1), clients=len(self.clients),
+            spilled=self.clients.spilled_total,
             waiting_requests=len(self._waiting), queued_clips=len(self.production.tasks),
             uptime_s=round(time.time() - self._started_at, 1))
 

@@ -1,4 +1,4 @@
-"""What a trainer whose batch is not ready is told: keep waiting, ring exhausted, or stalled.
+"""What a trainer whose batch is not ready is told: wait, spill, ring exhausted, or stalled.
 
 A small pure policy: the daemon's loop gives it each waiting request and a
 snapshot of what the pipeline can do, and answers as it says.
@@ -41,6 +41,7 @@ class Progress:
 
 class Verdict(enum.Enum):
     WAIT = "wait"
+    SPILL = "spill"  # the asker holds slots: it copies its oldest batch out, then asks again
     EXHAUSTED = "exhausted"
     STALLED = "stalled"
 
@@ -50,15 +51,20 @@ class WaitPolicy:
         self.exhausted_wait_s = exhausted_wait_s
         self.stall_after_s = task_timeout_s + STALL_GRACE_S
 
-    def judge(self, waiting: Waiting, now: float, progress: Progress) -> tuple[Verdict, str]:
-        """The verdict for one waiting request and, unless WAIT, the text the trainer sees."""
+    def judge(self, waiting: Waiting, now: float, progress: Progress, *,
+              holds: int = 0) -> tuple[Verdict, str]:
+        """The verdict for a request of a client holding `holds` leases and, unless WAIT,
+        the text the trainer sees."""
         if progress.fatal:
             return Verdict.STALLED, progress.fatal
         if progress.workers_wanted == 0:
             return Verdict.STALLED, ("no decoder workers: the pipeline is scaled to 0 "
                                      "(vidring scale NAME N)")
+        if progress.all_leased and holds:
+            return Verdict.SPILL, (f"all {progress.slots} slots are leased and this client "
+                                   f"holds {holds} of them")
         if progress.all_leased:
-            # Even with every slot leased, wait a while: TensorFlow's prefetch buffer
+            # Another client holds every slot: wait a while: TensorFlow's prefetch buffer
             # holds batches it has not trained on yet and lets one go every step.
             if now - waiting.since > self.exhausted_wait_s:
                 return Verdict.EXHAUSTED, (

@@ -10,6 +10,7 @@ from vidring.loader.client import (
     Client,
     DaemonError,
     DaemonUnavailable,
+    LeaseExpired,
     RingExhausted,
     VidringError,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ClipDataset",
     "DaemonError",
     "DaemonUnavailable",
+    "LeaseExpired",
     "Ring",
     "RingError",
     "RingExhausted",

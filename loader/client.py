@@ -44,6 +44,15 @@ class RingExhausted(VidringError):
     """The trainer holds every slot of the ring, so no batch can be produced."""
 
 
+class RingFull(VidringError):
+    """This client holds every slot the daemon could fill: it must spill one (sequence.py)."""
+
+
+class LeaseExpired(VidringError):
+    """Leases were taken back from this client (another pid namespace, silent past
+    --lease-timeout-s): arrays of the batches named may have been overwritten."""
+
+
 class DaemonError(VidringError):
     """The daemon refused a request; `code` is the protocol's error code."""
 
@@ -73,6 +82,7 @@ class Client:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending_releases: collections.deque[int] = collections.deque()
+        self._pending_spills: collections.deque[int] = collections.deque()
         self._closed = False
         self.daemon_pid: int | None = None
         self._stop = threading.Event()
@@ -118,6 +128,14 @@ class Client:
     def release(self, lease_id: int) -> None:
         """Give a lease back; safe from any thread, never blocks."""
         self._pending_releases.append(lease_id)
+        self._try_flush()
+
+    def release_spilled(self, lease_id: int) -> None:
+        """Give back the lease of a batch copied out of the ring (counted by the daemon)."""
+        self._pending_spills.append(lease_id)
+        self._try_flush()
+
+    def _try_flush(self) -> None:
         if self._lock.acquire(blocking=False):
             try:
                 self._flush_releases()
@@ -205,14 +223,15 @@ class Client:
             raise DaemonUnavailable(f"pipeline {self.name!r}: daemon is not reading") from None
 
     def _flush_releases(self) -> None:
-        ids: list[int] = []
-        while self._pending_releases:
-            ids.append(self._pending_releases.popleft())
-        if ids and not self._closed:
-            try:
-                self._send(protocol.encode(protocol.Release(lease_ids=ids)))
-            except DaemonUnavailable:
-                pass  # the daemon drops a gone client's leases itself
+        for pending, spilled in ((self._pending_releases, False), (self._pending_spills, True)):
+            ids: list[int] = []
+            while pending:
+                ids.append(pending.popleft())
+            if ids and not self._closed:
+                try:
+                    self._send(protocol.encode(protocol.Release(lease_ids=ids, spilled=spilled)))
+                except DaemonUnavailable:
+                    pass  # the daemon drops a gone client's leases itself
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):
@@ -234,6 +253,10 @@ def _error_for(name: str, code: str, message: str) -> VidringError:
         return RingExhausted(f"pipeline {name!r}: {message}")
     if code == protocol.E_STOPPING:
         return DaemonUnavailable(f"pipeline {name!r}: {message}")
+    if code == protocol.E_RING_FULL:
+        return RingFull(f"pipeline {name!r}: {message}")
+    if code == protocol.E_LEASE_EXPIRED:
+        return LeaseExpired(f"pipeline {name!r}: {message}")
     return DaemonError(name, code, message)
 
 

@@ -40,6 +40,8 @@ E_BAD_REQUEST = "bad_request"
 E_STOPPING = "stopping"
 E_INTERNAL = "internal"
 E_STALLED = "stalled"
+E_RING_FULL = "ring_full"  # the asker holds every free slot: spill one and ask again
+E_LEASE_EXPIRED = "lease_expired"
 
 Int32 = Annotated[int, msgspec.Meta(ge=0, lt=INT32_LIMIT)]
 Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -105,6 +107,7 @@ class GetBatch(Request, tag="get_batch"):
 
 class Release(Request, tag="release"):
     lease_ids: list[Id]
+    spilled: bool = False  # the batches were copied out of the ring to free their slots
 
 
 class Heartbeat(Request, tag="heartbeat"):

@@ -8,28 +8,41 @@ spec-inference calls never change what an epoch contains: every plan batch
 exactly once.
 
 Lifetime: each batch maps its slot separately, and the slot's lease is given
-back when the last array viewing that mapping is garbage collected, or at
-once with ``release``.  After ``release`` the arrays must not be read.
+back when the last array viewing that mapping is garbage collected, at once
+with ``release`` (after which the arrays must not be read), or by a spill when
+the trainer holds every slot: the batch is then copied out of the ring in
+place and its arrays stay valid (leases.py).
 """
 
 from __future__ import annotations
 
+import gc
 import mmap
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from vidring.loader.client import Client, DaemonUnavailable, VidringError
+from vidring.loader.client import (
+    Client,
+    DaemonUnavailable,
+    RingExhausted,
+    RingFull,
+    VidringError,
+)
+from vidring.loader.leases import HeldBatches
 from vidring.loader.protocol import INT32_LIMIT
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from vidring.loader import protocol
     from vidring.loader.status import StatusRecord
+
+# Asking again after a RingFull that found nothing to spill sends releases still queued.
+_RETRIES_WITHOUT_SPILL = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +89,7 @@ class ClipDataset(keras.utils.PyDataset):
             raise
         self.layout: RingLayout = self._ring.layout
         self._batches_per_epoch = self.info.status.batches_per_epoch
-        # id(slot mapping) -> lease id, for release(); entries go with the mapping.
-        self._lease_of: dict[int, int] = {}
+        self._held = HeldBatches(self._client)
 
     # -- PyDataset ----------------------------------------------------------
 
@@ -130,7 +142,7 @@ class ClipDataset(keras.utils.PyDataset):
             index += n
         if not 0 <= index < n:
             raise IndexError(f"batch index {index} out of range for {n} batches per epoch")
-        lease = self._client.get_batch(self.epoch, int(index))
+        lease = self._lease(int(index))
         slot, lease_id = lease.slot, lease.lease_id
         self._requested.add(int(index))
         try:
@@ -151,20 +163,31 @@ class ClipDataset(keras.utils.PyDataset):
             self._client.release(lease_id)
             raise
         views = views_of(slot_map, 0, self.layout)
-        key = id(slot_map)
-        self._lease_of[key] = lease_id
-        weakref.finalize(slot_map, _give_back, self._client, self._lease_of, key, lease_id)
+        self._held.add(slot_map, lease_id)
         return Batch(views.x, views.y, views.provenance, lease.epoch, int(index),
                      plan_batch, lease_id)
+
+    def _lease(self, index: int) -> protocol.Lease:
+        # The daemon answers RingFull when this trainer holds every slot it could
+        # fill: copy the oldest held batch out of the ring (a spill) and ask again.
+        for _ in range(len(self._held) + _RETRIES_WITHOUT_SPILL):
+            try:
+                return self._client.get_batch(self.epoch, index)
+            except RingFull:
+                if not self._held.spill_oldest():
+                    gc.collect()  # dead batches in cycles: their releases go with the retry
+        raise RingExhausted(f"pipeline {self.name!r}: the ring stays full although this "
+                            "trainer holds no batch it could give back")
+
+    @property
+    def spilled(self) -> int:
+        """Batches this dataset copied out of the ring to free a slot (see README)."""
+        return self._held.spilled
 
     def release(self, *arrays: np.ndarray | Batch) -> None:
         """Give the slots of these arrays or batches back now, before GC does."""
         for item in arrays:
-            arr = item.x if isinstance(item, Batch) else item
-            key = id(_mapping_of(arr))
-            lease_id = self._lease_of.pop(key, None)
-            if lease_id is not None:
-                self._client.release(lease_id)
+            self._held.release(_mapping_of(item.x if isinstance(item, Batch) else item))
 
     def status(self) -> StatusRecord:
         """The daemon's status record (same as `vidring status NAME --json`)."""
@@ -184,13 +207,6 @@ class ClipDataset(keras.utils.PyDataset):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _give_back(client: Client, lease_of: dict[int, int], key: int, lease_id: int) -> None:
-    # Runs in whichever thread dropped the last view; Client.release never blocks.
-    if lease_of.get(key) == lease_id:
-        del lease_of[key]
-        client.release(lease_id)
 
 
 def _mapping_of(arr: np.ndarray) -> mmap.mmap:

@@ -115,6 +115,8 @@ class StatusRecord:
     """Size of the ring in MiB."""
     clients: int
     """Connected trainers and command-line tools."""
+    spilled: int
+    """Batches trainers copied out of the ring to free a slot (more --slots avoids it)."""
     waiting_requests: int
     """Batch requests waiting for their batch."""
     queued_clips: int

@@ -141,3 +141,29 @@ def test_the_runtime_folder_and_sockets_are_owner_only(main_pipeline: str) -> No
     for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET):
         assert stat.S_IMODE((folder / sock).stat().st_mode) & 0o077 == 0
     assert stat.S_IMODE(os.stat(f"/dev/shm/{segment_name(main_pipeline)}").st_mode) == 0o600
+
+
+def test_leases_of_a_client_the_daemon_cannot_see_expire_loudly(daemons: Daemons,
+                                                                manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2,
+                         extra=["--lease-timeout-s", "1"])
+    ctx, sock = _control_socket(name)
+    try:
+        # A trainer in another pid namespace (a container): its pid means nothing here.
+        sock.send(protocol.encode(protocol.Hello(id=1, client_pid=os.getpid(), pid_ns=1)))
+        assert isinstance(_answer(sock), protocol.Reply)
+        sock.send(protocol.encode(protocol.GetBatch(id=2, epoch=0, index=0)))
+        lease = _answer(sock)
+        assert isinstance(lease, protocol.Reply)
+        wait_until(lambda: status(name).slots.leased == 0, 10, "the silent client's lease")
+        sock.send(protocol.encode(protocol.Ping(id=3)))
+        notice = _answer(sock)
+        assert isinstance(notice, protocol.ErrorReply)
+        assert notice.code == protocol.E_LEASE_EXPIRED
+        assert "epoch 0 batch 0" in notice.message
+        assert "overwritten" in notice.message
+        sock.send(protocol.encode(protocol.Ping(id=4)))
+        assert isinstance(_answer(sock), protocol.Reply)  # said once, then served again
+    finally:
+        sock.close()
+        ctx.term()

@@ -11,6 +11,7 @@ from tests.support import cli
 def test_every_export_exists() -> None:
     assert set(vidring.loader.__all__) == {
         "PROVENANCE_DTYPE", "Batch", "ClipDataset", "Client", "DaemonError", "DaemonUnavailable",
+        "LeaseExpired",
         "Ring", "RingError", "RingExhausted", "RingLayout", "SlotState", "StatusRecord",
         "VidringError",
     }

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -122,6 +123,8 @@ def test_fit_two_epochs_with_shuffle_and_validation(daemons: Daemons, manifest: 
         assert sorted(batches) == list(range(len(train)))
         labels = sorted(v for lab in batches.values() for v in lab)
         assert labels == list(range(N_VIDEOS)), f"epoch {epoch}: each video exactly once"
+    assert train.spilled == 0  # a plain fit stays within the ring: nothing copied
+    assert status(train_name).spilled == 0
     train.close()
     val.close()
 
@@ -191,16 +194,95 @@ def test_trainer_exit_keeps_the_segment_and_frees_its_leases(main_pipeline: str)
         assert ds[1][0].shape[0] == 4
 
 
-def test_holding_every_slot_is_a_clear_error(daemons: Daemons, manifest: Path) -> None:
+def test_held_batches_are_spilled_and_keep_their_bytes(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2)
+    segment = f"/dev/shm/{segment_name(name)}"
+    with ClipDataset(name) as ds:
+        held = [ds.batch(i) for i in range(len(ds))]  # 8 batches through a 2-slot ring
+        arrays = [(b.x, b.y, b.provenance) for b in held]
+        for b, (x, y, prov) in zip(held, arrays, strict=True):
+            assert b.x is x  # the very arrays handed out, never replaced
+            assert b.y is y
+            assert b.provenance is prov
+        copies = [(b.x.copy(), b.y.copy()) for b in held]
+        assert ds.spilled == len(ds) - 2
+        assert status(name).spilled == len(ds) - 2
+        for _ in range(len(ds)):  # the next epoch refills every slot
+            ds.set_epoch(ds.epoch + 1)
+            for i in range(len(ds)):
+                ds.release(ds.batch(i))
+        for b, (x, y) in zip(held, copies, strict=True):
+            np.testing.assert_array_equal(b.x, x)
+            np.testing.assert_array_equal(b.y, y)
+        labels = sorted(v for b in held for v in b.y.tolist())
+        assert labels == list(range(N_VIDEOS))  # epoch 0 whole, nothing lost to the spills
+        # Spilled batches live in private memory now; the rest still view the ring.
+        owners = [_mapping_of_address(b.x.ctypes.data) for b in held]
+        assert ds.spilled >= len(ds) - 2
+        assert owners.count(segment) == len(ds) - ds.spilled
+
+
+def test_a_ring_held_by_another_trainer_is_a_clear_error(daemons: Daemons,
+                                                         manifest: Path) -> None:
     name = daemons.start(manifest, batch_size=2, workers=1, slots=2,
                          extra=["--exhausted-wait-s", "1"])
-    with ClipDataset(name) as ds:
-        held = [ds.batch(0), ds.batch(1)]
+    with ClipDataset(name) as holder, ClipDataset(name, epoch=3) as other:
+        held = [holder.batch(0), holder.batch(1)]
         with pytest.raises(RingExhausted, match="holds all 2 slots"):
-            ds.batch(2)
-        ds.release(*held)
-        del held
-        assert ds.batch(2).x.shape[0] == 2
+            other.batch(0)
+        holder.release(*held)
+        assert other.batch(0).x.shape[0] == 2
+        assert other.spilled == 0
+
+
+def test_two_trainers_at_different_epochs_each_see_every_video_once(
+        daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=4, workers=2, slots=3)
+    with ClipDataset(name) as first, ClipDataset(name, epoch=5) as second:
+        seen: dict[str, list[int]] = {"first": [], "second": []}
+        for i in range(len(first)):  # interleaved, as two processes would ask
+            seen["first"] += first[i][1].tolist()
+            seen["second"] += second[len(second) - 1 - i][1].tolist()
+        assert sorted(seen["first"]) == list(range(N_VIDEOS))
+        assert sorted(seen["second"]) == list(range(N_VIDEOS))
+
+
+def test_a_trainer_paused_past_the_lease_timeout_keeps_its_batch(
+        daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=2, workers=1, slots=2,
+                         extra=["--lease-timeout-s", "1"])
+    script = (
+        "import hashlib, sys\n"
+        "from vidring.loader import ClipDataset\n"
+        "ds = ClipDataset(sys.argv[1])\n"
+        "b = ds.batch(0)\n"
+        "print(hashlib.sha1(b.x.tobytes()).hexdigest(), flush=True)\n"
+        "sys.stdin.readline()\n"  # paused here until the test says go on
+        "print(hashlib.sha1(b.x.tobytes()).hexdigest(), flush=True)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", script, name], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as trainer:
+        try:
+            assert trainer.stdout is not None
+            assert trainer.stdin is not None
+            before = trainer.stdout.readline().strip()
+            trainer.send_signal(signal.SIGSTOP)
+            deadline = time.monotonic() + 3  # three lease timeouts of silence
+            with ClipDataset(name) as other:  # another trainer churns the rest of the ring
+                while time.monotonic() < deadline:
+                    for i in range(len(other)):
+                        other.release(other.batch(i))
+                    other.set_epoch(other.epoch + 1)
+                assert status(name).slots.leased == 1  # the paused trainer's lease was kept
+            trainer.send_signal(signal.SIGCONT)
+            trainer.stdin.write("go\n")
+            trainer.stdin.flush()
+            after = trainer.stdout.readline().strip()
+            assert trainer.wait(timeout=30) == 0
+        finally:
+            if trainer.poll() is None:
+                trainer.kill()
+    assert before == after
 
 
 def test_dead_daemon_is_a_clear_error_within_the_timeout(daemons: Daemons, manifest: Path) -> None:
@@ -229,3 +311,35 @@ def test_dead_daemon_is_a_clear_error_within_the_timeout(daemons: Daemons, manif
 def test_no_daemon_is_a_clear_error() -> None:
     with pytest.raises(DaemonUnavailable, match="no vidring daemon named 'nobody-here'"):
         ClipDataset("nobody-here", timeout_s=1)
+
+
+@pytest.mark.slow
+def test_keras_threads_with_a_long_queue_never_exhaust_the_ring(daemons: Daemons,
+                                                               manifest: Path) -> None:
+    import keras
+
+    name = daemons.start(manifest, batch_size=2, workers=2, slots=4, dtype="float32")
+
+    class Recording(ClipDataset):
+        """Records the labels of every plan batch delivered, per plan epoch."""
+
+        def __init__(self, name: str, **kwargs: object) -> None:
+            super().__init__(name, **kwargs)
+            self.seen: dict[tuple[int, int], list[int]] = {}
+            self.lock = threading.Lock()
+
+        def __getitem__(self, index: int):
+            b = self.batch(index)
+            with self.lock:
+                self.seen[(b.epoch, b.plan_batch)] = b.y.tolist()
+            return b.x, b.y
+
+    ds = Recording(name, workers=2, max_queue_size=10)  # Keras's threads hold up to 10 batches
+    model = keras.Sequential([keras.Input((CLIP, *SIZE, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(N_VIDEOS, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(ds, epochs=3, verbose=0)
+    for epoch in range(3):
+        labels = sorted(v for (e, _), lab in ds.seen.items() if e == epoch for v in lab)
+        assert labels == list(range(N_VIDEOS)), f"epoch {epoch}: each video exactly once"
+    ds.close()
