@@ -114,7 +114,7 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
             "--manifest", str(root / "val"), "--batch-size", "8", "--workers", "1",
             "--slots", "2", *common])
         train = ClipDataset(f"{tag}-train")
-        val = ClipDataset(f"{tag}-val")
+        val = ClipDataset(f"{tag}-val", evaluation=True)  # the same clips every validation
         print(f"classes: {train.info.classes}; {len(train)} batches/epoch of "
               f"{'x'.join(map(str, train.info.status.batch_shape))} {train.info.status.dtype}")
 
@@ -128,7 +128,7 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
         model = _model(tuple(train.info.status.batch_shape[1:]))
         fit_started = time.perf_counter()
         history = model.fit(train, epochs=epochs, validation_data=val, verbose=2,
-                            callbacks=[QueueDepth()])
+                            callbacks=[train.epoch_callback(), QueueDepth()])
         fit_s = time.perf_counter() - fit_started
         clips = epochs * len(train) * train.info.status.batch_shape[0]
         st = train.status()

@@ -31,8 +31,8 @@ from vidring.loader.client import (
     RingFull,
     VidringError,
 )
+from vidring.loader.epochs import EpochTracker
 from vidring.loader.leases import HeldBatches
-from vidring.loader.protocol import INT32_LIMIT
 from vidring.loader.ring import Ring, RingLayout, SlotState, views_of
 
 if TYPE_CHECKING:
@@ -64,13 +64,19 @@ class ClipDataset(keras.utils.PyDataset):
     Args:
         name: the pipeline name given to ``vidring serve --name``.
         timeout_s: a daemon that is gone or silent this long raises DaemonUnavailable.
-        epoch: the epoch to start at (e.g. fit's ``initial_epoch`` when resuming).
-        **kwargs: forwarded to PyDataset; the defaults (one thread, no
-            multiprocessing) are right: decoding already runs in the daemon.
+        epoch: the plan epoch to start at.
+        evaluation: read `epoch` on every pass (validation data, ``evaluate``), so
+            every evaluation sees the same clips.
+        **kwargs: forwarded to PyDataset.  Keras's threads (``workers=N``) are
+            fine; ``use_multiprocessing`` is refused (decoding already runs in
+            the daemon's processes).
+
+    How the epoch moves on is in epochs.py; pass ``callbacks=[ds.epoch_callback()]``
+    to ``fit`` to make it Keras's own epoch (``initial_epoch``, BackupAndRestore).
     """
 
     def __init__(self, name: str, timeout_s: float = 10.0, *, epoch: int = 0,
-                 **kwargs: Any) -> None:
+                 evaluation: bool = False, **kwargs: Any) -> None:
         if kwargs.get("use_multiprocessing"):
             # Batches already come from worker processes; a forked copy of this
             # object would share one ZeroMQ socket across processes.
@@ -78,8 +84,6 @@ class ClipDataset(keras.utils.PyDataset):
                              "needed: the daemon's workers decode in parallel)")
         super().__init__(**kwargs)
         self.name = name
-        self._ever_begun = False
-        self.set_epoch(epoch)
         self._client = Client(name, timeout_s=timeout_s)
         try:
             self.info = self._client.hello()
@@ -90,6 +94,12 @@ class ClipDataset(keras.utils.PyDataset):
         self.layout: RingLayout = self._ring.layout
         self._batches_per_epoch = self.info.status.batches_per_epoch
         self._held = HeldBatches(self._client)
+        self._epochs = EpochTracker(self._batches_per_epoch, evaluation=evaluation)
+        try:
+            self.set_epoch(epoch)
+        except ValueError:
+            self.close()
+            raise
 
     # -- PyDataset ----------------------------------------------------------
 
@@ -101,35 +111,29 @@ class ClipDataset(keras.utils.PyDataset):
         return batch.x, batch.y
 
     def on_epoch_begin(self) -> None:
-        self._in_epoch = True
-        self._ever_begun = True
+        self._epochs.begin()
 
     def on_epoch_end(self) -> None:
-        # Keras calls on_epoch_end before fit's first epoch too: its iterator's
-        # reset() after reading ds[0], ds[1] for tensor specs (no begin before
-        # it), or after a distribution strategy's symbolic build pulled a batch
-        # (begin, one batch, end).  So the epoch moves on only once every index
-        # of it was asked for, at an end closing a begun epoch (or in manual use,
-        # where begin is never called).  With steps_per_epoch < len(ds) one plan
-        # epoch then spans several Keras epochs, each plan batch still once.
-        closes = self._in_epoch or not self._ever_begun
-        self._in_epoch = False
-        if closes and len(self._requested) >= len(self):
-            self.set_epoch(self.epoch + 1)
+        self._epochs.end()
+
+    @property
+    def epoch(self) -> int:
+        """The plan epoch the next batch comes from."""
+        return self._epochs.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Serve `epoch` next (resuming, or driving epochs by hand)."""
-        if not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < INT32_LIMIT:
-            raise ValueError(f"epoch must be an int in 0..2**31-1, got {epoch!r}")
-        self.epoch = int(epoch)
-        self._requested: set[int] = set()
-        self._in_epoch = False
+        self._epochs.set(int(epoch) if isinstance(epoch, np.integer) else epoch)
+
+    def epoch_callback(self) -> EpochCallback:
+        """A Keras callback for ``fit``: the plan epoch becomes Keras's epoch."""
+        return EpochCallback(self._epochs)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """One epoch in index order; a loop that runs to the end moves on to the next epoch."""
         for index in range(len(self)):
             yield self[index]
-        self.set_epoch(self.epoch + 1)
+        self._epochs.pass_done()
 
     # -- vidring ------------------------------------------------------------
 
@@ -144,7 +148,7 @@ class ClipDataset(keras.utils.PyDataset):
             raise IndexError(f"batch index {index} out of range for {n} batches per epoch")
         lease = self._lease(int(index))
         slot, lease_id = lease.slot, lease.lease_id
-        self._requested.add(int(index))
+        self._epochs.read(int(index))
         try:
             if lease.ring_id != self._ring.ring_id:
                 raise DaemonUnavailable(
@@ -207,6 +211,18 @@ class ClipDataset(keras.utils.PyDataset):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EpochCallback(keras.callbacks.Callback):
+    """Sets a ClipDataset's plan epoch to Keras's epoch as each epoch of ``fit`` starts,
+    before any batch of it is read (Keras calls callbacks first)."""
+
+    def __init__(self, epochs: EpochTracker) -> None:
+        super().__init__()
+        self._epochs = epochs
+
+    def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:  # noqa: ARG002
+        self._epochs.follow(epoch)
 
 
 def _mapping_of(arr: np.ndarray) -> mmap.mmap:
