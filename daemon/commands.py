@@ -174,6 +174,9 @@ class Status(Command[protocol.Status]):
 def format_status(st: StatusRecord) -> str:
     slots, workers, errors = st.slots, st.workers, st.errors
     shape = "x".join(str(v) for v in st.batch_shape)
+    if st.phase != "serving":
+        return (f"pipeline  {st.name} (pid {st.pid})  {st.phase}: {st.probed} of {st.videos} "
+                f"videos probed, {st.uptime_s:.0f} s since start")
     trouble = []
     if workers.backoff or workers.fatal:
         trouble.append(f"{workers.backoff} in back-off, {workers.fatal} failed")

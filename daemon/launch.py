@@ -32,7 +32,7 @@ def start_daemon(name: str, serve_args: list[str], *, timeout_s: float = 60.0,
         try:
             with Client(name, timeout_s=1.0, heartbeat=False) as client:
                 status = client.status()
-            if status.pid == proc.pid:
+            if status.pid == proc.pid and status.phase == "serving":
                 return proc
         except VidringError:
             pass

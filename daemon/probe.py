@@ -16,9 +16,13 @@ import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 CACHE_FORMAT = 4
 
@@ -154,9 +158,11 @@ class ProbeCache:
             raise ProbeError(result)
         return result
 
-    def get_many(self, paths: list[str | Path], *, processes: int) -> list[VideoInfo | str]:
+    def get_many(self, paths: list[str | Path], *, processes: int,
+                 progress: Callable[[int], None] = lambda _done: None) -> list[VideoInfo | str]:
         """Each video's info, or the reason it cannot be probed; uncached videos are
-        probed in `processes` processes when there are many (a cold start of a big set)."""
+        probed in `processes` processes when there are many (a cold start of a big set).
+        `progress(done)` is told how many are known so far."""
         results: list[VideoInfo | str | None] = [None] * len(paths)
         entries: dict[int, Path | None] = {}
         for i, path in enumerate(paths):
@@ -167,19 +173,29 @@ class ProbeCache:
                 continue
             results[i] = self._load(entry)
         todo = [i for i in entries if results[i] is None]
+        done = len(paths) - len(todo)
+        progress(done)
         if len(todo) >= _PARALLEL_MIN_VIDEOS and processes > 1:
             # spawn, not fork: the caller may hold threads or sockets that must not be copied.
             ctx = multiprocessing.get_context("spawn")
             with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-                found = list(pool.map(_probe_or_reason, [str(paths[i]) for i in todo],
-                                      chunksize=_CHUNK_VIDEOS))
+                found = pool.map(_probe_or_reason, [str(paths[i]) for i in todo],
+                                 chunksize=_CHUNK_VIDEOS)
+                self._collect(todo, found, entries, results, done, progress)
         else:
-            found = [_probe_or_reason(str(paths[i])) for i in todo]
+            found = (_probe_or_reason(str(paths[i])) for i in todo)
+            self._collect(todo, found, entries, results, done, progress)
+        return [r if r is not None else "not probed" for r in results]
+
+    def _collect(self, todo: list[int], found: Iterable[VideoInfo | str],
+                 entries: dict[int, Path | None], results: list[VideoInfo | str | None],
+                 done: int, progress: Callable[[int], None]) -> None:
         for i, result in zip(todo, found, strict=True):
             results[i] = result
             if isinstance(result, VideoInfo):
                 self._store(entries[i], result)
-        return [r if r is not None else "not probed" for r in results]
+            done += 1
+            progress(done)
 
 
 def default_cache_dir() -> Path:

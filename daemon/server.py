@@ -225,7 +225,8 @@ class Daemon:
     def status(self) -> StatusRecord:
         layout = self.ring.layout
         return StatusRecord(
-            version=STATUS_VERSION, name=self.config.name, pid=os.getpid(),
+            version=STATUS_VERSION, name=self.config.name, pid=os.getpid(), phase="serving",
+            probed=len(self.manifest),
             epoch=self.sched.consumer_epoch, batches_per_epoch=self.sched.batches_per_epoch,
             batch_shape=layout.x_shape, dtype=self.config.dtype, slots=self.sched.counts(),
             workers=self.pool.counts(), clips_per_s=self.production.clips_per_s(),

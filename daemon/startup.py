@@ -12,8 +12,10 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,26 +31,33 @@ from vidring.daemon.production import Production
 from vidring.daemon.runtime import RuntimeDir, StartupError
 from vidring.daemon.schedule import Scheduler, SlotRecord
 from vidring.daemon.server import Daemon, Parts
+from vidring.daemon.starting import StopRequested, answer_while
 from vidring.daemon.tasks import PlanSettings
 from vidring.loader import protocol
 from vidring.loader.ring import Ring, RingLayout, segment_name
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from vidring.daemon.config import ServeConfig
 
 log = logging.getLogger("vidring.daemon")
 
 
-def build(config: ServeConfig) -> Daemon:
+def build(config: ServeConfig, stop: threading.Event) -> Daemon:
+    """The daemon, serving once its loop runs; StopRequested if `stop` is set while probing."""
     with contextlib.ExitStack() as stack:
         runtime = RuntimeDir.claim(config.name)
         stack.callback(runtime.release)
+        ctx = zmq.Context()
+        stack.callback(ctx.destroy, linger=0)
+        # Bound first, so trainers and `vidring status` hear "probing" rather than nothing.
+        control = _bind(ctx, runtime.control_endpoint)
         manifest = load_manifest(config.manifest)
         paths = [str(row.path) for row in manifest.rows]
         faults = FaultLedger(paths, config.retry_delay_s)
-        infos = _probe_all(config, manifest, faults)
+        infos = _probe_all(config, manifest, faults, control, stop)
         if len(faults.quarantine) == len(manifest):
             reason = faults.last_error.reason if faults.last_error else ""
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
@@ -65,9 +74,6 @@ def build(config: ServeConfig) -> Daemon:
         # daemon of this name can never free one of ours.
         sched = Scheduler(config.slots, batches, config.batch_size,
                           on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
-        ctx = zmq.Context()
-        stack.callback(ctx.destroy, linger=0)
-        control = _bind(ctx, runtime.control_endpoint)
         work = _bind(ctx, runtime.work_endpoint)
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
                             config.seed, config.batch_size, config.clip_length, config.stride)
@@ -83,16 +89,31 @@ def build(config: ServeConfig) -> Daemon:
 
 
 def serve(config: ServeConfig) -> int:
-    build(config).serve_forever()
+    # SIGTERM and Ctrl-C during the start stop it the way they stop a serving daemon.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        daemon = build(config, stop)
+    except StopRequested:
+        log.info("stopped %r while probing", config.name)
+        return 0
+    if stop.is_set():
+        daemon.request_stop()
+    daemon.serve_forever()
     return 0
 
 
-def _probe_all(config: ServeConfig, manifest: Manifest,
-               faults: FaultLedger) -> list[VideoInfo | None]:
+def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
+               control: zmq.Socket[Any], stop: threading.Event) -> list[VideoInfo | None]:
     cache = ProbeCache(config.probe_cache or default_cache_dir())
     started = time.monotonic()
-    results = cache.get_many([row.path for row in manifest.rows],
-                             processes=max(1, config.workers))
+    rows: list[str | Path] = [row.path for row in manifest.rows]
+
+    def probe(progress: Callable[[int], None]) -> list[VideoInfo | str]:
+        return cache.get_many(rows, processes=max(1, config.workers), progress=progress)
+
+    results = answer_while(probe, control, config, len(manifest), str(manifest.source), stop)
     infos: list[VideoInfo | None] = []
     for index, result in enumerate(results):
         if isinstance(result, str):

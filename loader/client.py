@@ -13,7 +13,7 @@ import itertools
 import os
 import threading
 import time
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 import psutil
@@ -22,6 +22,9 @@ import zmq
 from vidring.loader import paths, protocol
 from vidring.loader.status import StatusRecord
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
 # Ping a daemon this often while waiting on a batch, so a slow batch is not a dead daemon.
 PING_INTERVAL_S = 0.5
 # Any message keeps a client's leases; the daemon takes them back after
@@ -29,6 +32,10 @@ PING_INTERVAL_S = 0.5
 HEARTBEAT_INTERVAL_S = 1.0
 # While waiting, wake this often to send releases queued by other threads.
 _SLICE_S = 0.05
+# With no daemon of that name starting, wait at most this long for its socket to appear
+# (a trainer started right after `vidring serve`), so a typo is not a long wait.
+_APPEAR_S = 3.0
+_START_POLL_S = 0.1
 R = TypeVar("R")
 
 
@@ -42,6 +49,10 @@ class DaemonUnavailable(VidringError):
 
 class RingExhausted(VidringError):
     """The trainer holds every slot of the ring, so no batch can be produced."""
+
+
+class DaemonStarting(DaemonUnavailable):
+    """The daemon is still probing its videos; `hello` waits for it (up to timeout_s)."""
 
 
 class RingFull(VidringError):
@@ -69,12 +80,8 @@ class Client:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.timeout_s = float(timeout_s)
-        sock_path = paths.control_socket_path(name)
-        if not sock_path.exists():
-            raise DaemonUnavailable(
-                f"no vidring daemon named {name!r} on this machine (no socket at {sock_path}); "
-                f"start one with `vidring serve --name {name} ...`"
-            )
+        self._deadline = time.monotonic() + self.timeout_s  # for a daemon still starting
+        sock_path = self._wait_for_socket()
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         protocol.configure(self._sock)
@@ -94,8 +101,17 @@ class Client:
     # -- public -----------------------------------------------------------
 
     def hello(self) -> protocol.HelloReply:
-        info = self.call(protocol.Hello(client_pid=os.getpid(), pid_ns=pid_namespace()),
-                         protocol.HelloReply)
+        """Introduce this client; waits (up to timeout_s) for a daemon still probing."""
+        while True:
+            try:
+                info = self.call(protocol.Hello(client_pid=os.getpid(), pid_ns=pid_namespace()),
+                                 protocol.HelloReply)
+                break
+            except DaemonStarting as exc:
+                if time.monotonic() > self._deadline:
+                    raise DaemonUnavailable(f"{exc} (still starting after "
+                                            f"{self.timeout_s:g} s)") from None
+                time.sleep(_START_POLL_S)
         # A daemon in another pid namespace (across a container boundary) has a pid
         # that means nothing here: rely on the timeout alone.
         same_ns = info.pid_ns in (0, pid_namespace())
@@ -158,6 +174,19 @@ class Client:
                 pass
             self._sock.close(linger=0)
             self._ctx.term()
+
+    def _wait_for_socket(self) -> Path:
+        appear_by = time.monotonic() + min(self.timeout_s, _APPEAR_S)
+        while True:
+            sock_path = paths.control_socket_path(self.name)
+            if sock_path.exists():
+                return sock_path
+            starting = _lock_holder_alive(self.name)
+            if time.monotonic() > (self._deadline if starting else appear_by):
+                raise DaemonUnavailable(
+                    f"no vidring daemon named {self.name!r} on this machine (no socket at "
+                    f"{sock_path}); start one with `vidring serve --name {self.name} ...`")
+            time.sleep(_START_POLL_S)
 
     def __enter__(self) -> Client:
         return self
@@ -253,11 +282,22 @@ def _error_for(name: str, code: str, message: str) -> VidringError:
         return RingExhausted(f"pipeline {name!r}: {message}")
     if code == protocol.E_STOPPING:
         return DaemonUnavailable(f"pipeline {name!r}: {message}")
+    if code == protocol.E_STARTING:
+        return DaemonStarting(f"pipeline {name!r}: {message}")
     if code == protocol.E_RING_FULL:
         return RingFull(f"pipeline {name!r}: {message}")
     if code == protocol.E_LEASE_EXPIRED:
         return LeaseExpired(f"pipeline {name!r}: {message}")
     return DaemonError(name, code, message)
+
+
+def _lock_holder_alive(name: str) -> bool:
+    """A daemon of this name holds its lock: it is starting (or stopping)."""
+    try:
+        pid = int(paths.lock_path(name).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:

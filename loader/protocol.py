@@ -42,6 +42,7 @@ E_INTERNAL = "internal"
 E_STALLED = "stalled"
 E_RING_FULL = "ring_full"  # the asker holds every free slot: spill one and ask again
 E_LEASE_EXPIRED = "lease_expired"
+E_STARTING = "starting"  # still probing its videos: ask again
 
 Int32 = Annotated[int, msgspec.Meta(ge=0, lt=INT32_LIMIT)]
 Id = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]

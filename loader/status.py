@@ -85,6 +85,10 @@ class StatusRecord:
     """The pipeline name."""
     pid: int
     """The daemon's process id."""
+    phase: str
+    """'probing' while the daemon reads its videos (most counts are 0 until then), 'serving'."""
+    probed: int
+    """Videos probed so far."""
     epoch: int
     """The epoch the trainer is reading."""
     batches_per_epoch: int

@@ -5,16 +5,22 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import subprocess
+import sys
+import threading
 from typing import TYPE_CHECKING
 
+import pytest
 import zmq
 
-from tests.support import Daemons, cli, status, wait_until
-from vidring.loader import ClipDataset, paths, protocol
+from tests.support import N_VIDEOS, Daemons, cli, status, wait_until
+from vidring.loader import Client, ClipDataset, VidringError, paths, protocol
 from vidring.loader.ring import segment_name
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from vidring.loader.status import StatusRecord
 
 
 def _control_socket(name: str) -> tuple[zmq.Context[zmq.Socket[bytes]], zmq.Socket[bytes]]:
@@ -167,3 +173,72 @@ def test_leases_of_a_client_the_daemon_cannot_see_expire_loudly(daemons: Daemons
     finally:
         sock.close()
         ctx.term()
+
+
+def _start_probing(daemons: Daemons, video_dir: Path, tmp_path: Path) -> tuple[str, Path]:
+    """A daemon whose probe blocks on a FIFO until the test writes a video into it."""
+    slow = tmp_path / "slow.mp4"
+    os.mkfifo(slow)
+    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i}" for i in range(N_VIDEOS)] + [f"{slow},99"]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    name = f"starting-{os.getpid()}"
+    daemons.running[name] = subprocess.Popen(
+        [sys.executable, "-m", "vidring.daemon.cli", "serve", "--name", name, "--manifest",
+         str(tmp_path / "m.csv"), "--batch-size", "4", "--clip-length", "4", "--size", "8x8",
+         "--workers", "1", "--probe-cache", str(daemons.probe_cache), "--log-level", "warning"],
+        stdin=subprocess.DEVNULL)
+    return name, slow
+
+
+def test_a_starting_daemon_answers_status_and_a_trainer_waits_for_it(
+        daemons: Daemons, video_dir: Path, tmp_path: Path) -> None:
+    name, slow = _start_probing(daemons, video_dir, tmp_path)
+    st = wait_until(lambda: _status_or_none(name), 30, "an answer while probing")
+    assert st.phase == "probing"
+    assert st.videos == N_VIDEOS + 1
+    shown = cli("status", name)
+    assert shown.returncode == 0
+    assert "probing" in shown.stdout
+    results: list[object] = []
+
+    def train() -> None:
+        try:
+            with ClipDataset(name, timeout_s=60) as ds:
+                results.append(ds[0][0].shape)
+        except Exception as exc:  # reported below
+            results.append(exc)
+
+    trainer = threading.Thread(target=train)
+    trainer.start()
+    wait_until(lambda: status(name).clients == 1 or results, 30, "the trainer to wait")
+    assert not results  # still waiting, not failed
+    with open(slow, "wb") as fifo:  # now the probe can read it
+        fifo.write((video_dir / "v00.mp4").read_bytes())
+    trainer.join(timeout=60)
+    assert results == [(4, 4, 8, 8, 3)]
+    slow.unlink()
+    slow.write_bytes((video_dir / "v00.mp4").read_bytes())  # a file from now on
+    assert status(name).phase == "serving"
+
+
+def _status_or_none(name: str) -> StatusRecord | None:
+    try:
+        with Client(name, timeout_s=1, heartbeat=False) as client:
+            return client.status()
+    except VidringError:
+        return None
+
+
+@pytest.mark.parametrize("how", ["vidring stop", "SIGTERM"])
+def test_a_daemon_stopped_while_probing_exits_cleanly(how: str, daemons: Daemons,
+                                                      video_dir: Path, tmp_path: Path) -> None:
+    name, _ = _start_probing(daemons, video_dir, tmp_path)
+    wait_until(lambda: _status_or_none(name), 30, "an answer while probing")
+    if how == "SIGTERM":
+        os.kill(daemons.pid(name), signal.SIGTERM)
+    else:
+        assert cli("stop", name).returncode == 0
+    assert daemons.running[name].wait(timeout=20) == 0
+    daemons.stop(name)  # asserts: exit 0, no worker, no segment
+    assert not paths.lock_path(name).exists()
+    assert not paths.runtime_dir(name).exists()
