@@ -1,5 +1,9 @@
 """Trainer-side cost of handing over one ready batch, for batches of ~1 MB to ~300 MB.
 
+  spill     what a trainer pays when it holds every slot and its oldest batch is copied
+            out of the ring (loader/spill.py): one make_private of a slot-sized mapping of
+            /dev/shm, pages already touched; the median of a few.
+
   keras-mp  a PyDataset whose __getitem__ returns one preallocated batch, through Keras's
             enqueuer with use_multiprocessing=True, workers=1, so the cost is pickle + pipe +
             unpickle; the time is the steady-state mean per batch seen by the consumer.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import mmap
 import os
 import statistics
 import tempfile
@@ -30,6 +35,8 @@ from corpus import DEFAULT_CORPUS_DIR, make_corpus, write_manifest
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
 from vidring_daemon import indices_across_epochs, serving, wait_for_slots
 
+from vidring.loader.spill import make_private
+
 KERAS_WARMUP_BATCHES = 2
 KERAS_BYTES_PER_SIZE = 2_000_000_000  # enough batches per size for a stable mean
 KERAS_MIN_BATCHES, KERAS_MAX_BATCHES = 4, 100
@@ -38,6 +45,7 @@ VIDRING_TIMED_CALLS = 5
 VIDRING_SLOTS = 3
 VIDRING_READY_TIMEOUT_S = 120
 LOADERS = ("keras-mp", "vidring")
+SPILL_TIMED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +127,7 @@ def vidring_s_per_call(shape: BatchShape, videos: list[Path], workers: int) -> f
             indices = indices_across_epochs(dataset)
             call_s = []
             for _ in range(n_calls):
-                wait_for_slots(name, lambda slots: slots["ready"] >= 1 and slots["filling"] == 0,
+                wait_for_slots(name, lambda slots: slots.ready >= 1 and slots.filling == 0,
                                VIDRING_READY_TIMEOUT_S)
                 start_s = time.perf_counter()
                 x, y = dataset[next(indices)]
@@ -128,6 +136,31 @@ def vidring_s_per_call(shape: BatchShape, videos: list[Path], workers: int) -> f
                     raise RuntimeError(f"vidring served {x.shape} {x.dtype}, asked for {shape}")
                 del x, y
     return statistics.median(call_s[1:])  # the first call also maps the ring
+
+
+def spill_s(shape: BatchShape) -> float:
+    """Seconds to spill one batch of this shape (the copy into private memory and the remap)."""
+    path = f"/dev/shm/vidring-bench-spill-{os.getpid()}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.unlink(path)
+        os.ftruncate(fd, shape.batch_bytes)
+        times = []
+        for _ in range(SPILL_TIMED):
+            writer = mmap.mmap(fd, shape.batch_bytes)
+            writer[:] = b"\x01" * shape.batch_bytes  # real pages, as a filled slot has
+            writer.close()
+            slot = mmap.mmap(fd, shape.batch_bytes, access=mmap.ACCESS_READ)
+            view = np.frombuffer(slot, dtype=np.uint8)
+            view.sum()  # mapped in this process, as the trainer's arrays are
+            start_s = time.perf_counter()
+            make_private(slot)
+            times.append(time.perf_counter() - start_s)
+            del view
+            slot.close()
+        return statistics.median(times)
+    finally:
+        os.close(fd)
 
 
 def main() -> None:
@@ -149,19 +182,23 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores; keras: 1 worker process, "
           f"vidring: {args.workers} workers, {VIDRING_SLOTS} slots")
     print(f"{'batch MB':>9} {'shape':<28} {'keras ms':>9} {'keras GB/s':>10} "
-          f"{'vidring ms':>10} {'keras/vidring':>13}")
+          f"{'vidring ms':>10} {'keras/vidring':>13} {'spill ms':>9} {'spill ms/MB':>11}")
     rows = []
     for shape in shapes:
         keras_s = keras_s_per_batch(shape) if "keras-mp" in loaders else None
         vidring_s = vidring_s_per_call(shape, videos, args.workers) \
             if "vidring" in loaders else None
+        spill = spill_s(shape) if "vidring" in loaders else None
         rows.append({"batch_bytes": shape.batch_bytes, "shape": list(shape.x_shape),
-                     "dtype": shape.dtype, "keras_s": keras_s, "vidring_s": vidring_s})
+                     "dtype": shape.dtype, "keras_s": keras_s, "vidring_s": vidring_s,
+                     "spill_s": spill})
         print(f"{shape.batch_bytes / 1e6:>9.1f} {shape!s:<28} "
               f"{_ms(keras_s):>9} "
               f"{_or_dash(keras_s and shape.batch_bytes / keras_s / 1e9, '.2f'):>10} "
               f"{_ms(vidring_s):>10} "
-              f"{_or_dash(keras_s and vidring_s and keras_s / vidring_s, '.0f'):>13}",
+              f"{_or_dash(keras_s and vidring_s and keras_s / vidring_s, '.0f'):>13} "
+              f"{_ms(spill):>9} "
+              f"{_or_dash(spill and spill * 1e3 / (shape.batch_bytes / 1e6), '.3f'):>11}",
               flush=True)
     if args.json:
         args.json.write_text(json.dumps({"cores": os.cpu_count(), "rows": rows}, indent=2))

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from vidring.loader.status import SlotCounts
+
 CLIENT_TIMEOUT_S = 10
 START_TIMEOUT_S = 120  # a cold start probes every video before serving
 STATUS_POLL_S = 0.02
@@ -39,13 +41,13 @@ def serving(manifest_path: Path, name: str, *, batch_size: int, clip_length: int
         stop_daemon(name, process)
 
 
-def slot_counts(name: str) -> dict[str, int]:
-    """The daemon's slots: {total, free, filling, ready, leased}."""
+def slot_counts(name: str) -> SlotCounts:
+    """The daemon's slots: total, free, filling, ready, leased."""
     with Client(name, timeout_s=CLIENT_TIMEOUT_S, heartbeat=False) as client:
-        return client.request("status")["slots"]
+        return client.status().slots
 
 
-def wait_for_slots(name: str, condition: Callable[[dict[str, int]], bool],
+def wait_for_slots(name: str, condition: Callable[[SlotCounts], bool],
                    timeout_s: float) -> dict[str, int]:
     """Poll slot_counts until `condition` holds; return the counts that satisfied it."""
     deadline = time.monotonic() + timeout_s
