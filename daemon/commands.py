@@ -240,6 +240,7 @@ class Stop(Command["Stop.Request"]):
     cli = True
 
     def handle(self, daemon: Daemon, identity: bytes, req: Stop.Request) -> Any:
+        log.info("stop requested")
         daemon.request_stop()
         return protocol.Empty()
 
