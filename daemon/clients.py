@@ -68,7 +68,9 @@ class Clients:
                     log.info("client pid %d exited: releasing %d leases", client.pid, held)
                 forget.append(identity)
             elif not held:
-                if silent_s > IDLE_CLIENT_S:
+                # A trainer whose process lives is kept (with its epoch's index map), however
+                # long it pauses; only the CLI and clients that cannot be seen are forgotten.
+                if client.pid is None and silent_s > IDLE_CLIENT_S:
                     forget.append(identity)
             elif client.pid is None and silent_s > self._lease_timeout_s:
                 expire.append(identity)

@@ -84,8 +84,9 @@ class Hello(Command[protocol.Hello]):
     request = protocol.Hello
 
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.Hello) -> Any:
-        # A pid from another pid namespace (a container) cannot be checked here.
-        same_ns = req.pid_ns in (0, pid_namespace())
+        # A pid from another pid namespace (a container), or from one that could not be
+        # read, cannot be checked here.
+        same_ns = req.pid_ns != 0 and req.pid_ns == pid_namespace()
         daemon.clients.record(identity).pid = req.client_pid if same_ns else None
         return protocol.HelloReply(status=daemon.status(), pid_ns=pid_namespace(),
                                    ring_id=daemon.ring.ring_id, classes=daemon.manifest.classes)

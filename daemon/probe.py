@@ -9,20 +9,20 @@ probed again.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    import threading
+    from collections.abc import Callable, Iterable, Iterator
 
 CACHE_FORMAT = 4
 
@@ -106,6 +106,7 @@ def probe(path: str | Path) -> VideoInfo:
 # Below this many uncached videos, starting probe processes costs more than it saves.
 _PARALLEL_MIN_VIDEOS = 32
 _CHUNK_VIDEOS = 16
+_CANCEL_POLL_S = 0.1
 
 
 def _probe_or_reason(path: str) -> VideoInfo | str:
@@ -159,10 +160,12 @@ class ProbeCache:
         return result
 
     def get_many(self, paths: list[str | Path], *, processes: int,
-                 progress: Callable[[int], None] = lambda _done: None) -> list[VideoInfo | str]:
+                 progress: Callable[[int], None] = lambda _done: None,
+                 cancel: threading.Event | None = None) -> list[VideoInfo | str]:
         """Each video's info, or the reason it cannot be probed; uncached videos are
         probed in `processes` processes when there are many (a cold start of a big set).
-        `progress(done)` is told how many are known so far."""
+        `progress(done)` is told how many are known so far; `cancel` ends a parallel probe
+        (ProbeCancelled), killing its processes."""
         results: list[VideoInfo | str | None] = [None] * len(paths)
         entries: dict[int, Path | None] = {}
         for i, path in enumerate(paths):
@@ -178,13 +181,16 @@ class ProbeCache:
         if len(todo) >= _PARALLEL_MIN_VIDEOS and processes > 1:
             # spawn, not fork: the caller may hold threads or sockets that must not be copied.
             ctx = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx) as pool:
-                found = pool.map(_probe_or_reason, [str(paths[i]) for i in todo],
-                                 chunksize=_CHUNK_VIDEOS)
-                self._collect(todo, found, entries, results, done, progress)
+            # Leaving the block terminates the processes, also when cancelled mid-probe.
+            with ctx.Pool(processes) as pool:
+                names = [str(paths[i]) for i in todo]
+                chunks = [names[k:k + _CHUNK_VIDEOS] for k in range(0, len(names), _CHUNK_VIDEOS)]
+                probing = pool.imap(_probe_chunk, chunks)
+                self._collect(todo, _until_cancelled(probing, cancel), entries, results, done,
+                              progress)
         else:
-            found = (_probe_or_reason(str(paths[i])) for i in todo)
-            self._collect(todo, found, entries, results, done, progress)
+            inline = (_probe_or_reason(str(paths[i])) for i in todo)
+            self._collect(todo, inline, entries, results, done, progress)
         return [r if r is not None else "not probed" for r in results]
 
     def _collect(self, todo: list[int], found: Iterable[VideoInfo | str],
@@ -196,6 +202,26 @@ class ProbeCache:
                 self._store(entries[i], result)
             done += 1
             progress(done)
+
+
+class ProbeCancelled(Exception):
+    """A parallel probe was cancelled (the daemon was stopped while starting)."""
+
+
+def _probe_chunk(paths: list[str]) -> list[VideoInfo | str]:
+    return [_probe_or_reason(path) for path in paths]
+
+
+def _until_cancelled(chunks: Any, cancel: threading.Event | None) -> Iterator[VideoInfo | str]:
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise ProbeCancelled
+        try:
+            yield from chunks.next(timeout=_CANCEL_POLL_S)
+        except multiprocessing.TimeoutError:
+            continue
+        except StopIteration:
+            return
 
 
 def default_cache_dir() -> Path:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -71,6 +71,7 @@ class Parts:
     pool: WorkerPool
     control: zmq.Socket[Any]
     resources: contextlib.ExitStack  # closing it is steps 2-4 of NOTE [ shutdown ]
+    stop: threading.Event  # set by `stop`, SIGTERM or SIGINT (startup.serve's handlers)
 
 
 class Daemon:
@@ -86,7 +87,7 @@ class Daemon:
         self._resources = parts.resources
         self._clock = clock
         self._policy = WaitPolicy(self.config.exhausted_wait_s, self.config.task_timeout_s)
-        self._stopping = False
+        self._stop = parts.stop
         self._started_at = time.time()
         self._waiting: list[Waiting] = []
         self.clients = Clients(self.config.lease_timeout_s)
@@ -94,17 +95,15 @@ class Daemon:
 
     # -- loop ---------------------------------------------------------------------
 
-    def request_stop(self, *_: object) -> None:
-        self._stopping = True
+    def request_stop(self) -> None:
+        self._stop.set()
 
     def serve_forever(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
         poller = zmq.Poller()
         poller.register(self._control, zmq.POLLIN)
         poller.register(self.pool.socket, zmq.POLLIN)
         try:
-            while not self._stopping:
+            while not self._stop.is_set():
                 events = dict(poller.poll(int(_TICK_S * 1000)))
                 if self._control in events:
                     self._receive_control()
@@ -150,7 +149,7 @@ class Daemon:
             return
         assert isinstance(req, protocol.Request)
         self.clients.seen(identity, self._clock())
-        if self._stopping and req.reply_type is not None:
+        if self._stop.is_set() and req.reply_type is not None:
             self._error(identity, req.id, protocol.E_STOPPING, "daemon is stopping")
             return
         notice = self.clients.take_notice(identity) if req.reply_type is not None else None
@@ -242,7 +241,7 @@ class Daemon:
 
     def close(self) -> None:
         """See NOTE [ shutdown ]."""
-        self._stopping = True
+        self._stop.set()
         for w in self._waiting:
             with contextlib.suppress(zmq.ZMQError):
                 self._error(w.identity, w.req_id, protocol.E_STOPPING, "daemon is stopping")

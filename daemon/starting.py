@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from vidring.daemon.pool import DRAIN_LIMIT
 from vidring.loader import protocol
 from vidring.loader.ring import segment_name
 from vidring.loader.status import (
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from vidring.daemon.config import ServeConfig
 
 _POLL_S = 0.05
+# How long a stop waits for a parallel probe to kill its processes.
+_CANCEL_WAIT_S = 5.0
 
 
 class StopRequested(Exception):
@@ -64,6 +67,7 @@ def answer_while(work: Callable[[Callable[[int], None]], Any], control: zmq.Sock
     thread.start()
     while not outcome:
         if stop.is_set():
+            thread.join(timeout=_CANCEL_WAIT_S)  # a parallel probe ends its processes
             raise StopRequested
         if control.poll(int(_POLL_S * 1000)):
             _answer(control, status, clients, stop, f"pipeline {config.name!r} is starting: "
@@ -75,7 +79,7 @@ def answer_while(work: Callable[[Callable[[int], None]], Any], control: zmq.Sock
 
 def _answer(control: zmq.Socket[Any], status: Callable[[], StatusRecord], clients: set[bytes],
             stop: threading.Event, why: str) -> None:
-    while True:
+    for _ in range(DRAIN_LIMIT):
         try:
             identity, data = control.recv_multipart(zmq.NOBLOCK)[:2]
         except (zmq.Again, ValueError):

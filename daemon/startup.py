@@ -83,7 +83,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
         daemon = Daemon(Parts(config, manifest, ring, sched, faults, production, pool, control,
-                              stack.pop_all()))
+                              stack.pop_all(), stop))
     _log_start(config, manifest, layout, batches)
     return daemon
 
@@ -98,9 +98,7 @@ def serve(config: ServeConfig) -> int:
     except StopRequested:
         log.info("stopped %r while probing", config.name)
         return 0
-    if stop.is_set():
-        daemon.request_stop()
-    daemon.serve_forever()
+    daemon.serve_forever()  # returns at once if a stop came meanwhile
     return 0
 
 
@@ -111,7 +109,8 @@ def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
     rows: list[str | Path] = [row.path for row in manifest.rows]
 
     def probe(progress: Callable[[int], None]) -> list[VideoInfo | str]:
-        return cache.get_many(rows, processes=max(1, config.workers), progress=progress)
+        return cache.get_many(rows, processes=max(1, config.workers), progress=progress,
+                              cancel=stop)
 
     results = answer_while(probe, control, config, len(manifest), str(manifest.source), stop)
     infos: list[VideoInfo | None] = []

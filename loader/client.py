@@ -260,7 +260,9 @@ class Client:
                 try:
                     self._send(protocol.encode(protocol.Release(lease_ids=ids, spilled=spilled)))
                 except DaemonUnavailable:
-                    pass  # the daemon drops a gone client's leases itself
+                    # Not sent (the daemon is not reading): keep them for the next flush,
+                    # since a live trainer's leases are never taken back.
+                    pending.extendleft(reversed(ids))
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_INTERVAL_S):

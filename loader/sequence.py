@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import mmap
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     from vidring.loader.status import StatusRecord
 
 # Asking again after a RingFull that found nothing to spill sends releases still queued.
-_RETRIES_WITHOUT_SPILL = 3
+_RETRIES_WITHOUT_SPILL = 5
+_MISS_PAUSE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,14 +176,22 @@ class ClipDataset(keras.utils.PyDataset):
     def _lease(self, index: int) -> protocol.Lease:
         # The daemon answers RingFull when this trainer holds every slot it could
         # fill: copy the oldest held batch out of the ring (a spill) and ask again.
-        for _ in range(len(self._held) + _RETRIES_WITHOUT_SPILL):
+        misses = 0
+        while True:
             try:
                 return self._client.get_batch(self.epoch, index)
             except RingFull:
-                if not self._held.spill_oldest():
-                    gc.collect()  # dead batches in cycles: their releases go with the retry
-        raise RingExhausted(f"pipeline {self.name!r}: the ring stays full although this "
-                            "trainer holds no batch it could give back")
+                if self._held.spill_oldest():
+                    continue
+                misses += 1
+                if misses > _RETRIES_WITHOUT_SPILL:
+                    raise RingExhausted(
+                        f"pipeline {self.name!r}: the ring stays full although this trainer "
+                        "holds no batch it could give back") from None
+                # Dead batches in cycles, or a lease another thread is about to record:
+                # their releases or spills go before the next try.
+                gc.collect()
+                time.sleep(_MISS_PAUSE_S * misses)
 
     @property
     def spilled(self) -> int:

@@ -229,6 +229,31 @@ def _status_or_none(name: str) -> StatusRecord | None:
         return None
 
 
+def test_a_stop_during_a_parallel_cold_probe_ends_its_processes(
+        daemons: Daemons, video_dir: Path, tmp_path: Path) -> None:
+    rows = []
+    for i in range(40):  # a cold start of many videos probes in --workers processes
+        copy = tmp_path / f"c{i:02d}.mp4"
+        copy.write_bytes((video_dir / f"v{i % N_VIDEOS:02d}.mp4").read_bytes())
+        rows.append(f"{copy},{i}")
+    slow = tmp_path / "slow.mp4"
+    os.mkfifo(slow)  # blocks one probe process forever
+    (tmp_path / "m.csv").write_text("\n".join([*rows, f"{slow},99"]) + "\n")
+    name = f"coldstop-{os.getpid()}"
+    daemons.running[name] = subprocess.Popen(
+        [sys.executable, "-m", "vidring.daemon.cli", "serve", "--name", name, "--manifest",
+         str(tmp_path / "m.csv"), "--batch-size", "4", "--clip-length", "4", "--size", "8x8",
+         "--workers", "2", "--probe-cache", str(tmp_path / "cold-cache"),
+         "--log-level", "warning"], stdin=subprocess.DEVNULL)
+    # Probed in chunks of 16: all but the chunk holding the FIFO come back.
+    wait_until(lambda: (st := _status_or_none(name)) and st.probed >= 32, 60,
+               "the chunks without the FIFO probed")
+    assert len(daemons.workers(name)) >= 1  # the probe pool's processes
+    os.kill(daemons.pid(name), signal.SIGTERM)
+    assert daemons.running[name].wait(timeout=20) == 0
+    daemons.stop(name)  # asserts: no child process left, no segment
+
+
 @pytest.mark.parametrize("how", ["vidring stop", "SIGTERM"])
 def test_a_daemon_stopped_while_probing_exits_cleanly(how: str, daemons: Daemons,
                                                       video_dir: Path, tmp_path: Path) -> None:

@@ -46,6 +46,15 @@ def test_a_stall_counts_from_the_request_not_from_the_last_clip() -> None:
     assert POLICY.judge(late, 3701.0, _progress(last_clip_at=100.0))[0] is Verdict.WAIT
 
 
+def test_a_client_holding_slots_of_a_full_ring_spills_at_once() -> None:
+    full = _progress(all_leased=True)
+    verdict, text = POLICY.judge(WAITING, 100.0, full, holds=2)
+    assert verdict is Verdict.SPILL
+    assert "holds 2 of them" in text
+    assert POLICY.judge(WAITING, 100.0, full, holds=0)[0] is Verdict.WAIT
+    assert POLICY.judge(WAITING, 100.0, _progress(), holds=2)[0] is Verdict.WAIT
+
+
 def test_scaled_to_zero_and_fatal_are_said_at_once() -> None:
     verdict, text = POLICY.judge(WAITING, 100.0, _progress(workers_wanted=0))
     assert verdict is Verdict.STALLED
