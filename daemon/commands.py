@@ -88,8 +88,13 @@ class Hello(Command[protocol.Hello]):
         # read, cannot be checked here.
         same_ns = req.pid_ns != 0 and req.pid_ns == pid_namespace()
         daemon.clients.record(identity).pid = req.client_pid if same_ns else None
-        return protocol.HelloReply(status=daemon.status(), pid_ns=pid_namespace(),
-                                   ring_id=daemon.ring.ring_id, classes=daemon.manifest.classes)
+        try:
+            batches = daemon.sched.set_part(identity, req.shard, req.num_shards)
+        except IndexError as exc:
+            raise BadRequest(str(exc)) from None
+        return protocol.HelloReply(status=daemon.status(), batches=batches,
+                                   pid_ns=pid_namespace(), ring_id=daemon.ring.ring_id,
+                                   classes=daemon.manifest.classes)
 
 
 @command

@@ -64,6 +64,10 @@ class ServeConfig:
         "wait before retrying a failed clip (default 2; then 4x)", type=float))
     probe_cache: Path | None = field(default=None, metadata=_flag(
         "folder for probe results (default ~/.cache/vidring/probe)"))
+    shard: int = field(default=0, metadata=_flag(
+        "serve part I of every epoch (one daemon per host; default 0)", type=int))
+    num_shards: int = field(default=1, metadata=_flag(
+        "how many parts each epoch is split into (default 1)", type=int))
 
     def __post_init__(self) -> None:
         try:
@@ -82,6 +86,10 @@ class ServeConfig:
             raise ConfigError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed: must be an integer in 0..2**63-1, got {self.seed!r}")
+        if (not isinstance(self.num_shards, int) or not isinstance(self.shard, int)
+                or not 0 <= self.shard < self.num_shards):
+            raise ConfigError(f"shard: must be in 0..num_shards-1, got shard {self.shard!r} "
+                              f"of {self.num_shards!r}")
         for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s", "retry_delay_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")

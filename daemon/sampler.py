@@ -34,8 +34,25 @@ class ClipChoice:
     attempt: int = 0
 
 
-def batches_per_epoch(n_videos: int, batch_size: int) -> int:
-    return n_videos // batch_size
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Part `index` of `count` of every epoch (`vidring serve --shard I --num-shards N`, one
+    daemon per host): the samples at positions index, index + count, ... of the epoch order.
+    Parts are disjoint and cover the epoch; each drops its own last partial batch."""
+
+    index: int = 0
+    count: int = 1
+
+
+WHOLE = Shard()
+
+
+def samples_in(n_videos: int, shard: Shard = WHOLE) -> int:
+    return len(range(shard.index, n_videos, shard.count))
+
+
+def batches_per_epoch(n_videos: int, batch_size: int, shard: Shard = WHOLE) -> int:
+    return samples_in(n_videos, shard) // batch_size
 
 
 @functools.lru_cache(maxsize=4)
@@ -69,15 +86,17 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
 
 
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
-               clip_length: int, stride: int) -> list[ClipChoice]:
-    """The B clips of plan batch `batch` of `epoch`, before any replacement."""
+               clip_length: int, stride: int, shard: Shard = WHOLE) -> list[ClipChoice]:
+    """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement."""
     n = len(frame_counts)
-    if not 0 <= batch < batches_per_epoch(n, batch_size):
+    if not 0 <= batch < batches_per_epoch(n, batch_size, shard):
         raise IndexError(f"plan batch {batch} out of range for {n} videos of batch {batch_size}")
     order = epoch_order(n, seed, epoch)
     clips = []
     for position in range(batch_size):
-        sample = batch * batch_size + position
+        # The position in the whole epoch's order, so a clip's random choices are the same
+        # whatever the number of shards.
+        sample = shard.index + (batch * batch_size + position) * shard.count
         video = int(order[sample])
         clips.append(choose(sample, video, video, int(frame_counts[video]), seed=seed,
                             epoch=epoch, clip_length=clip_length, stride=stride))

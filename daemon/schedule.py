@@ -5,7 +5,9 @@ client for index i of an epoch is assigned that client's next plan batch of
 the epoch; a repeat gets the same one (DESIGN.md, "Batches, epochs and what
 Keras really does").  Each client has its own index maps, so trainers at
 different epochs of one pipeline never change what the other's epoch holds;
-prefetch follows the client that asked last.
+prefetch follows the client that asked last.  A client may read one part of
+each epoch (ClipDataset(shard=i, num_shards=n)): plan batches i, i + n, ...;
+the parts of n clients are disjoint and cover the epoch.
 
 Slot states (ring.SlotState), each transition made in one place here:
     FREE -> FILLING   start_fill(): its B clips go to the workers
@@ -66,19 +68,33 @@ class Scheduler:
         # owner -> epoch -> {request index -> plan batch}
         self._index_maps: dict[bytes, dict[int, dict[int, int]]] = {}
         self._lead = b""  # the owner whose map prefetch follows
+        self._parts: dict[bytes, tuple[int, int]] = {}  # owner -> (shard, num_shards)
         self._leases: dict[int, Lease] = {}
         self._next_lease = first_lease_id
 
     # -- requests ------------------------------------------------------------
 
+    def set_part(self, owner: bytes, shard: int, num_shards: int) -> int:
+        """`owner` reads plan batches shard, shard + num_shards, ...; returns how many."""
+        if not 0 <= shard < num_shards <= self.batches_per_epoch:
+            raise IndexError(f"shard {shard} of {num_shards}: need 0 <= shard < num_shards <= "
+                             f"{self.batches_per_epoch} batches per epoch")
+        self._parts[owner] = (shard, num_shards)
+        return self.part_length(owner)
+
+    def part_length(self, owner: bytes) -> int:
+        shard, num_shards = self._parts.get(owner, (0, 1))
+        return len(range(shard, self.batches_per_epoch, num_shards))
+
     def assign(self, owner: bytes, epoch: int, index: int) -> Key:
         """The plan batch that serves `owner`'s request (epoch, index); stable within the epoch."""
-        if not 0 <= index < self.batches_per_epoch:
-            raise IndexError(f"batch index {index} out of range 0..{self.batches_per_epoch - 1}")
+        length = self.part_length(owner)
+        if not 0 <= index < length:
+            raise IndexError(f"batch index {index} out of range 0..{length - 1}")
         maps = self._index_maps.setdefault(owner, {})
         mapping = maps.setdefault(epoch, {})
         if index not in mapping:
-            mapping[index] = len(mapping)
+            mapping[index] = self._plan_batch(owner, len(mapping))
         # Prefetch follows the trainer, also backwards (a trainer resumed at an
         # earlier epoch against a long-running daemon).
         self._lead, self.consumer_epoch = owner, epoch
@@ -135,6 +151,12 @@ class Scheduler:
         """A client that left: its leases go back and its index maps go."""
         self.release_owner(owner)
         self._index_maps.pop(owner, None)
+        self._parts.pop(owner, None)
+
+    def _plan_batch(self, owner: bytes, k: int) -> int:
+        """The k-th plan batch of `owner`'s part of an epoch."""
+        shard, num_shards = self._parts.get(owner, (0, 1))
+        return shard + k * num_shards
 
     def held_by(self, owner: bytes) -> int:
         return sum(lease.owner == owner for lease in self._leases.values())
@@ -149,15 +171,17 @@ class Scheduler:
             if key not in keys:
                 keys.append(key)
         maps = self._index_maps.get(self._lead, {})
+        length = self.part_length(self._lead)
         epoch = self.consumer_epoch
-        batch = len(maps.get(epoch, {}))
+        k = len(maps.get(epoch, {}))
         while len(keys) < capacity:
-            if batch >= self.batches_per_epoch:
-                epoch, batch = epoch + 1, len(maps.get(epoch + 1, {}))
+            if k >= length:
+                epoch, k = epoch + 1, len(maps.get(epoch + 1, {}))
                 continue
-            if (epoch, batch) not in keys:
-                keys.append((epoch, batch))
-            batch += 1
+            key = (epoch, self._plan_batch(self._lead, k))
+            if key not in keys:
+                keys.append(key)
+            k += 1
         return keys[:max(capacity, len(waiting))]
 
     def next_fills(self, waiting: list[Key]) -> list[tuple[int, Key]]:

@@ -21,6 +21,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
@@ -37,7 +48,7 @@ from vidring.loader import protocol
 from vidring.loader.ring import Ring, RingLayout, segment_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from vidring.daemon.config import ServeConfig
@@ -61,10 +72,12 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
         if len(faults.quarantine) == len(manifest):
             reason = faults.last_error.reason if faults.last_error else ""
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
-        batches = sampler.batches_per_epoch(len(manifest), config.batch_size)
+        shard = sampler.Shard(config.shard, config.num_shards)
+        batches = sampler.batches_per_epoch(len(manifest), config.batch_size, shard)
         if batches < 1:
             raise StartupError(f"batch size {config.batch_size} is larger than the "
-                               f"{len(manifest)} videos of {config.manifest}")
+                               f"{sampler.samples_in(len(manifest), shard)} videos of "
+                               f"{config.manifest} this shard serves")
         layout = RingLayout(config.slots, config.batch_size, config.clip_length, config.height,
                             config.width, config.dtype)
         ring = Ring.create(segment_name(config.name), layout)
@@ -76,7 +89,8 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                           on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
         work = _bind(ctx, runtime.work_endpoint)
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
-                            config.seed, config.batch_size, config.clip_length, config.stride)
+                            config.seed, config.batch_size, config.clip_length, config.stride,
+                            shard)
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),
@@ -108,11 +122,18 @@ def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
     started = time.monotonic()
     rows: list[str | Path] = [row.path for row in manifest.rows]
 
-    def probe(progress: Callable[[int], None]) -> list[VideoInfo | str]:
-        return cache.get_many(rows, processes=max(1, config.workers), progress=progress,
-                              cancel=stop)
+    with _progress_bar(len(rows)) as shown:
 
-    results = answer_while(probe, control, config, len(manifest), str(manifest.source), stop)
+        def probe(progress: Callable[[int], None]) -> list[VideoInfo | str]:
+            def tell(done: int) -> None:
+                progress(done)  # for `vidring status`
+                shown(done)  # for the operator's terminal
+
+            return cache.get_many(rows, processes=max(1, config.workers), progress=tell,
+                                  cancel=stop)
+
+        results = answer_while(probe, control, config, len(manifest), str(manifest.source),
+                               stop)
     infos: list[VideoInfo | None] = []
     for index, result in enumerate(results):
         if isinstance(result, str):
@@ -122,6 +143,22 @@ def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
             infos.append(result)
     log.info("probed %d videos in %.1f s", len(results), time.monotonic() - started)
     return infos
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:6.0f} videos/s")
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
+    """A bar with counts and rate on a terminal's stderr; nothing under systemd or a pipe."""
+    columns = (TextColumn("probing"), BarColumn(), MofNCompleteColumn(), _Rate(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True,
+                  disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("probe", total=total)
+        yield lambda done: bar.update(task, completed=done)
 
 
 def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:

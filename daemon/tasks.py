@@ -54,6 +54,7 @@ class PlanSettings:
     batch_size: int
     clip_length: int
     stride: int
+    shard: sampler.Shard = sampler.WHOLE
 
 
 class TaskQueue:
@@ -75,7 +76,7 @@ class TaskQueue:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
                                    batch_size=p.batch_size, clip_length=p.clip_length,
-                                   stride=p.stride)
+                                   stride=p.stride, shard=p.shard)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1

@@ -100,12 +100,14 @@ class Client:
 
     # -- public -----------------------------------------------------------
 
-    def hello(self) -> protocol.HelloReply:
-        """Introduce this client; waits (up to timeout_s) for a daemon still probing."""
+    def hello(self, shard: int = 0, num_shards: int = 1) -> protocol.HelloReply:
+        """Introduce this client (reading part `shard` of `num_shards` of every epoch);
+        waits (up to timeout_s) for a daemon still probing."""
         while True:
             try:
-                info = self.call(protocol.Hello(client_pid=os.getpid(), pid_ns=pid_namespace()),
-                                 protocol.HelloReply)
+                hello = protocol.Hello(client_pid=os.getpid(), pid_ns=pid_namespace(),
+                                       shard=shard, num_shards=num_shards)
+                info = self.call(hello, protocol.HelloReply)
                 break
             except DaemonStarting as exc:
                 if time.monotonic() > self._deadline:

@@ -80,6 +80,7 @@ class Empty(Body):
 
 class HelloReply(Body):
     status: StatusRecord  # the pipeline, as `vidring status` shows it
+    batches: int  # batches per epoch in this client's part
     pid_ns: int  # the daemon's pid namespace: its pid means something only within it
     ring_id: int  # names this daemon's ring, so a restart under the same name is noticed
     classes: dict[str, int]  # class name -> label, for folder and class-name manifests
@@ -89,6 +90,8 @@ class Hello(Request, tag="hello"):
     reply_type = HelloReply
     client_pid: Annotated[int, msgspec.Meta(gt=0, lt=PID_LIMIT)]
     pid_ns: int = 0
+    shard: Int32 = 0  # this client reads part `shard` of `num_shards` of every epoch
+    num_shards: Annotated[int, msgspec.Meta(ge=1, lt=INT32_LIMIT)] = 1
 
 
 class Lease(Body):

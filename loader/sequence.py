@@ -17,7 +17,9 @@ place and its arrays stay valid (leases.py).
 from __future__ import annotations
 
 import gc
+import json
 import mmap
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -69,6 +71,10 @@ class ClipDataset(keras.utils.PyDataset):
         epoch: the plan epoch to start at.
         evaluation: read `epoch` on every pass (validation data, ``evaluate``), so
             every evaluation sees the same clips.
+        shard, num_shards: read only plan batches shard, shard + num_shards, ... of
+            each epoch, so `num_shards` processes of one host split one pipeline; the
+            parts are disjoint and cover the epoch (their lengths differ by at most one
+            batch).  See also ``from_input_context``.
         **kwargs: forwarded to PyDataset.  Keras's threads (``workers=N``) are
             fine; ``use_multiprocessing`` is refused (decoding already runs in
             the daemon's processes).
@@ -78,7 +84,8 @@ class ClipDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, name: str, timeout_s: float = 10.0, *, epoch: int = 0,
-                 evaluation: bool = False, **kwargs: Any) -> None:
+                 evaluation: bool = False, shard: int = 0, num_shards: int = 1,
+                 **kwargs: Any) -> None:
         if kwargs.get("use_multiprocessing"):
             # Batches already come from worker processes; a forked copy of this
             # object would share one ZeroMQ socket across processes.
@@ -88,13 +95,13 @@ class ClipDataset(keras.utils.PyDataset):
         self.name = name
         self._client = Client(name, timeout_s=timeout_s)
         try:
-            self.info = self._client.hello()
+            self.info = self._client.hello(shard, num_shards)
             self._ring = Ring.attach(self.info.status.segment)
         except BaseException:
             self._client.close()
             raise
         self.layout: RingLayout = self._ring.layout
-        self._batches_per_epoch = self.info.status.batches_per_epoch
+        self._batches_per_epoch = self.info.batches
         self._held = HeldBatches(self._client)
         self._epochs = EpochTracker(self._batches_per_epoch, evaluation=evaluation)
         try:
@@ -102,6 +109,18 @@ class ClipDataset(keras.utils.PyDataset):
         except ValueError:
             self.close()
             raise
+
+    @classmethod
+    def from_input_context(cls, name: str, input_context: Any = None,
+                           **kwargs: Any) -> ClipDataset:
+        """This process's part of pipeline `name` under tf.distribute: from a
+        ``tf.distribute.InputContext`` (its input pipeline id and count), or, with none
+        given, from ``TF_CONFIG`` (multi-worker training: the chief, then the workers)."""
+        if input_context is not None:
+            shard, num_shards = input_context.input_pipeline_id, input_context.num_input_pipelines
+        else:
+            shard, num_shards = shard_from_tf_config(os.environ.get("TF_CONFIG", ""))
+        return cls(name, shard=shard, num_shards=num_shards, **kwargs)
 
     # -- PyDataset ----------------------------------------------------------
 
@@ -233,6 +252,24 @@ class EpochCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:  # noqa: ARG002
         self._epochs.follow(epoch)
+
+
+def shard_from_tf_config(text: str) -> tuple[int, int]:
+    """(shard, num_shards) of this task in a TF_CONFIG: chief first, then the workers."""
+    if not text:
+        return 0, 1
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"TF_CONFIG: {exc!r} in {text[:200]!r}") from None
+    if kind == "chief":
+        return index, chiefs + workers
+    if kind == "worker":
+        return chiefs + index, chiefs + workers
+    raise ValueError(f"TF_CONFIG: task type {kind!r} reads no training data")
 
 
 def _mapping_of(arr: np.ndarray) -> mmap.mmap:

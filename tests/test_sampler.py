@@ -62,3 +62,32 @@ def test_replacement_is_deterministic() -> None:
     b = [sampler.replacement(50, seed=3, epoch=1, sample_index=7, attempt=k) for k in range(5)]
     assert a == b
     assert all(0 <= v < 50 for v in a)
+
+
+def _shard_epoch(n: int, batch_size: int, shard: sampler.Shard,
+                 epoch: int = 0) -> list[sampler.ClipChoice]:
+    frames = np.full(n, 40, dtype=np.int64)
+    batches = sampler.batches_per_epoch(n, batch_size, shard)
+    return [c for b in range(batches) for c in sampler.plan_batch(
+        frames, seed=5, epoch=epoch, batch=b, batch_size=batch_size, clip_length=4, stride=1,
+        shard=shard)]
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 60), batch_size=st.integers(1, 6), count=st.integers(1, 5),
+       epoch=st.integers(0, 3))
+def test_shards_are_disjoint_and_cover_the_epoch(n: int, batch_size: int, count: int,
+                                                 epoch: int) -> None:
+    whole = {c.sample_index: c for c in _shard_epoch(n, 1, sampler.WHOLE, epoch)}
+    seen: list[int] = []
+    for index in range(count):
+        part = _shard_epoch(n, batch_size, sampler.Shard(index, count), epoch)
+        in_part = sampler.samples_in(n, sampler.Shard(index, count))
+        assert len(part) == in_part - in_part % batch_size  # only its last partial batch drops
+        for clip in part:
+            assert clip == whole[clip.sample_index]  # the same clip as in an unsharded plan
+        seen += [c.video_index for c in part]
+    assert len(seen) == len(set(seen))  # disjoint
+    dropped = sum(sampler.samples_in(n, sampler.Shard(i, count)) % batch_size
+                  for i in range(count))
+    assert len(seen) == n - dropped  # covering, but for each part's partial batch

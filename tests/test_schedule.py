@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vidring.daemon.schedule import Scheduler
 from vidring.loader.ring import SlotState
 from vidring.loader.status import SlotCounts
@@ -100,3 +102,18 @@ def test_each_client_has_its_own_epoch_and_index_map() -> None:
     assert s.consumer_epoch == 0  # prefetch follows whoever asked last
     s.forget(b"a")
     assert s.assign(b"a", 0, 2) == (0, 0)  # a new client starts afresh
+
+
+def test_client_parts_are_disjoint_and_cover_the_plan() -> None:
+    s = Scheduler(slot_count=2, batches_per_epoch=8, batch_size=1)
+    lengths = [s.set_part(bytes([i]), i, 3) for i in range(3)]
+    assert lengths == [3, 3, 2]
+    parts = [[s.assign(bytes([i]), 0, k)[1] for k in range(n)] for i, n in enumerate(lengths)]
+    assert parts == [[0, 3, 6], [1, 4, 7], [2, 5]]
+    with pytest.raises(IndexError, match="out of range"):
+        s.assign(b"\x02", 0, 2)
+    with pytest.raises(IndexError, match="num_shards"):
+        s.set_part(b"x", 3, 3)
+    s.set_part(b"lead", 1, 2)
+    s.assign(b"lead", 0, 0)
+    assert [key for _, key in s.next_fills([])] == [(0, 3), (0, 5)]  # prefetch its own part
