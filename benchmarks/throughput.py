@@ -108,8 +108,8 @@ def vidring_plan(videos: list[str], n_rows: int, seed: int,
     frame_counts = np.array([frames[i % len(videos)] for i in range(n_rows)], dtype=np.int64)
     return [[(rows[c.video_index], c.start_frame)
              for c in sampler.plan_batch(frame_counts, seed=seed, epoch=0, batch=b,
-                                         batch_size=BATCH_SIZE, clip_length=CLIP_LENGTH,
-                                         stride=1)]
+                                         batch_size=BATCH_SIZE,
+                                         sampling=sampler.Sampling(CLIP_LENGTH))]
             for b in batches]
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vidring.daemon.sampler import Sampling
 from vidring.loader.paths import check_name
 from vidring.loader.protocol import MAX_WORKERS
 from vidring.loader.ring import DTYPES
@@ -64,6 +65,14 @@ class ServeConfig:
         "wait before retrying a failed clip (default 2; then 4x)", type=float))
     probe_cache: Path | None = field(default=None, metadata=_flag(
         "folder for probe results (default ~/.cache/vidring/probe)"))
+    sampler: str = field(default="random", metadata=_flag(
+        "where clips lie: random (default), uniform (evaluation), segments (TSN)",
+        choices=["random", "uniform", "segments"]))
+    clips_per_video: int = field(default=1, metadata=_flag(
+        "clips of each video per epoch (default 1)", type=int))
+    evaluation: bool = field(default=False, metadata=_flag(
+        "an evaluation pipeline: every video in manifest order, the same in every epoch, the "
+        "last batch padded (implied by --sampler uniform)", action="store_true", default=None))
     shard: int = field(default=0, metadata=_flag(
         "serve part I of every epoch (one daemon per host; default 0)", type=int))
     num_shards: int = field(default=1, metadata=_flag(
@@ -74,7 +83,8 @@ class ServeConfig:
             check_name(self.name)
         except ValueError as exc:
             raise ConfigError(f"name: {exc}") from None
-        for name in ("batch_size", "clip_length", "height", "width", "slots", "stride"):
+        for name in ("batch_size", "clip_length", "height", "width", "slots", "stride",
+                     "clips_per_video"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
@@ -86,6 +96,10 @@ class ServeConfig:
             raise ConfigError(f"dtype: must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"seed: must be an integer in 0..2**63-1, got {self.seed!r}")
+        try:
+            self.sampling()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if (not isinstance(self.num_shards, int) or not isinstance(self.shard, int)
                 or not 0 <= self.shard < self.num_shards):
             raise ConfigError(f"shard: must be in 0..num_shards-1, got shard {self.shard!r} "
@@ -93,6 +107,11 @@ class ServeConfig:
         for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s", "retry_delay_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.clip_length, self.stride, self.sampler, self.clips_per_video,
+                        bool(self.evaluation))
 
 
 # The settings a user gives (flags, TOML keys): the fields, with size for height and width.

@@ -14,7 +14,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from vidring.daemon import sampler
 from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
 from vidring.loader import protocol
 
@@ -66,8 +65,7 @@ class Production:
     def _message(self, task: Task) -> bytes:
         info = self._infos[task.choice.video_index]
         assert info is not None, "a video that failed to probe is quarantined"
-        frames = sampler.clip_frames(task.choice.start_frame, info.frames,
-                                     self._plan.clip_length, self._plan.stride)
+        frames = task.choice.frames
         key_pts, key_dts = info.seek_target(frames[0])
         return protocol.encode(protocol.Task(
             task_id=task.task_id, slot=task.slot, position=task.position,
@@ -87,9 +85,11 @@ class Production:
         views.y[task.position] = self._labels[choice.video_index]
         info = self._infos[choice.video_index]
         assert info is not None
+        sampling = self._plan.sampling
+        stride = 0 if sampling.sampler == "segments" else sampling.stride
         views.provenance[task.position] = (
-            choice.video_index, choice.planned_index, choice.start_frame, self._plan.stride,
-            (0, 0, info.height, info.width), 0, int(replaced), (0, 0))
+            choice.video_index, choice.planned_index, choice.start_frame, stride,
+            (0, 0, info.height, info.width), 0, int(replaced), int(choice.padding), 0)
         self._faults.clip_ok(choice.video_index, replaced=replaced)
         now = self._clock()
         self.last_clip_at = now

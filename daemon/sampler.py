@@ -1,21 +1,34 @@
 """The epoch plan: which clip of which video goes where.  Pure functions only.
 
-Batch k of epoch e is a function of (number of videos, frame counts, seed,
-epoch, k, sampler settings) and nothing else: not the worker count, not
-timing, not crashes.  Every random choice comes from a generator seeded by
-(seed, epoch, sample index, attempt).
+Batch k of epoch e is a function of (frame counts, seed, epoch, k, sampling,
+shard) and nothing else: not the worker count, not timing, not crashes.  Every
+random choice comes from a generator seeded by (stream, seed, epoch, sample,
+attempt).
 
-Sampling (issue 3): one clip per video per epoch, random start uniform over
-the valid starts, video order shuffled per epoch.  An epoch has
-floor(videos / B) full batches; the few videos left over sit that epoch out
-(``drop_last`` with shuffling).  A video shorter than a clip repeats its
-last frame.  A video that fails is replaced by ``replacement()``, which is
-deterministic too, so a fixed set of bad files gives the same bytes every run.
+An epoch is the manifest's videos, each `clips_per_video` times, as samples:
+- training (`random`, `segments`): samples in an order shuffled per epoch, with
+  floor(samples / B) full batches; the few left over sit that epoch out
+  (`drop_last` with shuffling);
+- evaluation (`uniform`, or `segments` with `evaluation`): samples in manifest
+  order, the same in every epoch, every one of them served: the last batch is
+  padded (`padding` set; ClipDataset gives it sample weight 0).
+
+Where a clip lies in its video:
+- `random`: a start uniform over the valid starts, frames at `stride`;
+- `uniform`: clip j of N starts at j/(N-1) of the valid starts (the centre for
+  N = 1), frames at `stride`;
+- `segments` (TSN): the video split into `clip_length` equal segments, one
+  frame from each: random within it in training, its centre in evaluation.
+A video shorter than a clip repeats its last frame.  A video that fails is
+replaced by ``replacement()``, deterministic too, so a fixed set of bad files
+gives the same bytes every run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,15 +36,44 @@ import numpy as np
 _ORDER_STREAM = 0
 _SAMPLE_STREAM = 1
 _REPLACE_STREAM = 2
+SAMPLERS = ("random", "uniform", "segments")
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How clips are drawn from videos (`vidring serve --sampler ...`)."""
+
+    clip_length: int
+    stride: int = 1
+    sampler: str = "random"
+    clips_per_video: int = 1
+    evaluation: bool = False  # implied by `uniform`
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got "
+                             f"{self.sampler!r}")
+        if self.sampler == "random" and self.evaluation:
+            raise ValueError("sampler: random clips cannot evaluate; use uniform or segments")
+
+    @property
+    def evaluates(self) -> bool:
+        return self.evaluation or self.sampler == "uniform"
 
 
 @dataclass(frozen=True, slots=True)
 class ClipChoice:
-    sample_index: int  # position in the epoch: batch * B + position
+    sample_index: int  # position in the epoch's order (over all shards)
     planned_index: int  # manifest row the plan put here
     video_index: int  # manifest row to decode (differs after a replacement)
-    start_frame: int
+    frames: tuple[int, ...]  # frame indices, in presentation order
     attempt: int = 0
+    clip: int = 0  # which of the video's clips_per_video clips
+    padding: bool = False  # fills an evaluation pipeline's last batch: weight 0
+
+    @property
+    def start_frame(self) -> int:
+        return self.frames[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,26 +89,30 @@ class Shard:
 WHOLE = Shard()
 
 
-def samples_in(n_videos: int, shard: Shard = WHOLE) -> int:
-    return len(range(shard.index, n_videos, shard.count))
+def samples_in(n_videos: int, shard: Shard = WHOLE, clips_per_video: int = 1) -> int:
+    return len(range(shard.index, n_videos * clips_per_video, shard.count))
 
 
-def batches_per_epoch(n_videos: int, batch_size: int, shard: Shard = WHOLE) -> int:
-    return samples_in(n_videos, shard) // batch_size
+def batches_per_epoch(n_videos: int, batch_size: int, shard: Shard = WHOLE,
+                      sampling: Sampling | None = None) -> int:
+    per_video = sampling.clips_per_video if sampling else 1
+    samples = samples_in(n_videos, shard, per_video)
+    if sampling is not None and sampling.evaluates:
+        return -(-samples // batch_size)  # every sample, the last batch padded
+    return samples // batch_size
 
 
 @functools.lru_cache(maxsize=4)
-def epoch_order(n_videos: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled manifest rows of one epoch (cached: the server asks per batch)."""
+def epoch_order(n_samples: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled samples of one training epoch (cached: the server asks per batch)."""
     rng = np.random.default_rng([_ORDER_STREAM, seed, epoch])
-    order = rng.permutation(n_videos)
+    order = rng.permutation(n_samples)
     order.flags.writeable = False
     return order
 
 
 def clip_start(n_frames: int, clip_length: int, stride: int, rng: np.random.Generator) -> int:
-    span = (clip_length - 1) * stride + 1
-    valid_starts = n_frames - span + 1
+    valid_starts = _valid_starts(n_frames, clip_length, stride)
     if valid_starts <= 1:
         return 0
     return int(rng.integers(0, valid_starts))
@@ -78,28 +124,60 @@ def clip_frames(start: int, n_frames: int, clip_length: int, stride: int) -> lis
     return [min(start + t * stride, last) for t in range(clip_length)]
 
 
+def segment_frames(n_frames: int, segments: int, rng: np.random.Generator | None) -> list[int]:
+    """One frame from each of `segments` equal parts of the video: random in it, or its
+    centre when `rng` is None."""
+    bounds = np.linspace(0, n_frames, segments + 1)
+    frames = []
+    for lo, hi in itertools.pairwise(bounds):
+        first, last = int(np.ceil(lo)), max(int(np.ceil(hi)) - 1, int(np.ceil(lo)))
+        pick = (first + last) // 2 if rng is None else int(rng.integers(first, last + 1))
+        frames.append(min(pick, n_frames - 1))
+    return frames
+
+
 def choose(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
-           seed: int, epoch: int, clip_length: int, stride: int, attempt: int = 0) -> ClipChoice:
+           seed: int, epoch: int, sampling: Sampling, attempt: int = 0,
+           clip: int = 0) -> ClipChoice:
+    """Where clip `clip` of video `video_index` lies, for sample `sample_index`."""
     rng = np.random.default_rng([_SAMPLE_STREAM, seed, epoch, sample_index, attempt])
-    start = clip_start(n_frames, clip_length, stride, rng)
-    return ClipChoice(sample_index, planned_index, video_index, start, attempt)
+    length, stride = sampling.clip_length, sampling.stride
+    if sampling.sampler == "segments":
+        frames = segment_frames(n_frames, length, None if sampling.evaluates else rng)
+    elif sampling.sampler == "uniform":
+        valid = _valid_starts(n_frames, length, stride)
+        n = sampling.clips_per_video
+        start = (valid - 1) // 2 if n == 1 else round(clip * (valid - 1) / (n - 1))
+        frames = clip_frames(max(start, 0), n_frames, length, stride)
+    else:
+        frames = clip_frames(clip_start(n_frames, length, stride, rng), n_frames, length, stride)
+    return ClipChoice(sample_index, planned_index, video_index, tuple(frames), attempt, clip)
 
 
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
-               clip_length: int, stride: int, shard: Shard = WHOLE) -> list[ClipChoice]:
+               sampling: Sampling, shard: Shard = WHOLE) -> list[ClipChoice]:
     """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement."""
     n = len(frame_counts)
-    if not 0 <= batch < batches_per_epoch(n, batch_size, shard):
+    if not 0 <= batch < batches_per_epoch(n, batch_size, shard, sampling):
         raise IndexError(f"plan batch {batch} out of range for {n} videos of batch {batch_size}")
-    order = epoch_order(n, seed, epoch)
+    per_video = sampling.clips_per_video
+    total = n * per_video
+    if sampling.evaluates:
+        epoch = 0  # the same clips in every epoch, in manifest order
+    order = None if sampling.evaluates else epoch_order(total, seed, epoch)
     clips = []
     for position in range(batch_size):
         # The position in the whole epoch's order, so a clip's random choices are the same
         # whatever the number of shards.
         sample = shard.index + (batch * batch_size + position) * shard.count
-        video = int(order[sample])
-        clips.append(choose(sample, video, video, int(frame_counts[video]), seed=seed,
-                            epoch=epoch, clip_length=clip_length, stride=stride))
+        padding = sample >= total
+        if padding:  # an evaluation batch past the last sample: repeat the shard's first
+            sample = shard.index
+        item = int(order[sample]) if order is not None else sample
+        video, clip = divmod(item, per_video)
+        choice = choose(sample, video, video, int(frame_counts[video]), seed=seed, epoch=epoch,
+                        sampling=sampling, clip=clip)
+        clips.append(dataclasses.replace(choice, padding=padding))
     return clips
 
 
@@ -107,3 +185,7 @@ def replacement(n_videos: int, *, seed: int, epoch: int, sample_index: int, atte
     """The manifest row standing in for a failed sample on its `attempt`-th retry."""
     rng = np.random.default_rng([_REPLACE_STREAM, seed, epoch, sample_index, attempt])
     return int(rng.integers(0, n_videos))
+
+
+def _valid_starts(n_frames: int, clip_length: int, stride: int) -> int:
+    return n_frames - ((clip_length - 1) * stride + 1) + 1

@@ -73,11 +73,13 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
             reason = faults.last_error.reason if faults.last_error else ""
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
         shard = sampler.Shard(config.shard, config.num_shards)
-        batches = sampler.batches_per_epoch(len(manifest), config.batch_size, shard)
+        sampling = config.sampling()
+        batches = sampler.batches_per_epoch(len(manifest), config.batch_size, shard, sampling)
         if batches < 1:
+            samples = sampler.samples_in(len(manifest), shard, sampling.clips_per_video)
             raise StartupError(f"batch size {config.batch_size} is larger than the "
-                               f"{sampler.samples_in(len(manifest), shard)} videos of "
-                               f"{config.manifest} this shard serves")
+                               f"{samples} clips an epoch of {config.manifest} has for this "
+                               "shard")
         layout = RingLayout(config.slots, config.batch_size, config.clip_length, config.height,
                             config.width, config.dtype)
         ring = Ring.create(segment_name(config.name), layout)
@@ -89,8 +91,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                           on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
         work = _bind(ctx, runtime.work_endpoint)
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
-                            config.seed, config.batch_size, config.clip_length, config.stride,
-                            shard)
+                            config.seed, config.batch_size, sampling, shard)
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),

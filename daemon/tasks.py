@@ -16,6 +16,7 @@ A sample that finds no readable stand-in in _MAX_REPLACEMENTS tries sets
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -52,8 +53,7 @@ class PlanSettings:
     frame_counts: np.ndarray  # frames per manifest row (1 for rows that failed to probe)
     seed: int
     batch_size: int
-    clip_length: int
-    stride: int
+    sampling: sampler.Sampling
     shard: sampler.Shard = sampler.WHOLE
 
 
@@ -75,8 +75,7 @@ class TaskQueue:
     def add_batch(self, slot: int, key: Key) -> None:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
-                                   batch_size=p.batch_size, clip_length=p.clip_length,
-                                   stride=p.stride, shard=p.shard)
+                                   batch_size=p.batch_size, sampling=p.sampling, shard=p.shard)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1
@@ -113,6 +112,8 @@ class TaskQueue:
         choice = task.choice
         quarantine = self._faults.quarantine
         n_videos = len(p.frame_counts)
+        # An evaluation plan does not depend on the epoch: nor do its stand-ins.
+        epoch = 0 if p.sampling.evaluates else task.key[0]
         while choice.video_index in quarantine:
             attempt = choice.attempt + 1
             if attempt > _MAX_REPLACEMENTS:
@@ -121,11 +122,12 @@ class TaskQueue:
                               f"{len(quarantine)} of {n_videos} videos are quarantined")
                 log.error("%s", self.fatal)
                 return
-            video = sampler.replacement(n_videos, seed=p.seed, epoch=task.key[0],
+            video = sampler.replacement(n_videos, seed=p.seed, epoch=epoch,
                                         sample_index=choice.sample_index, attempt=attempt)
-            choice = sampler.choose(choice.sample_index, choice.planned_index, video,
-                                    int(p.frame_counts[video]), seed=p.seed, epoch=task.key[0],
-                                    clip_length=p.clip_length, stride=p.stride, attempt=attempt)
+            stand_in = sampler.choose(choice.sample_index, choice.planned_index, video,
+                                      int(p.frame_counts[video]), seed=p.seed, epoch=epoch,
+                                      sampling=p.sampling, attempt=attempt, clip=choice.clip)
+            choice = dataclasses.replace(stand_in, padding=choice.padding)
         task.choice = choice
         if front:
             self._queue.appendleft(task)

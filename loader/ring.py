@@ -29,7 +29,7 @@ except ImportError as exc:  # pragma: no cover - non-POSIX platforms
     raise ImportError("vidring needs POSIX shared memory (Linux)") from exc
 
 MAGIC = b"VIDRING\x00"
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 PAGE_BYTES = mmap.PAGESIZE
 ALIGN_BYTES = 64
 HEADER_BYTES = 4096
@@ -43,12 +43,13 @@ PROVENANCE_DTYPE = np.dtype(
     [
         ("video_index", "<i4"),  # row of the manifest actually decoded
         ("planned_index", "<i4"),  # row the epoch plan asked for
-        ("start_frame", "<i4"),
-        ("stride", "<i4"),
+        ("start_frame", "<i4"),  # the clip's first frame
+        ("stride", "<i4"),  # between its frames; 0 when they are not evenly spaced (segments)
         ("crop", "<i4", (4,)),  # y0, x0, h, w in source pixels
         ("flip", "u1"),
         ("replaced", "u1"),  # 1 when planned_index failed and video_index stood in
-        ("_pad", "u1", (2,)),
+        ("padding", "u1"),  # 1 when it only fills an evaluation pipeline's last batch
+        ("_pad", "u1"),
     ]
 )
 

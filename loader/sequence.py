@@ -61,6 +61,12 @@ class Batch:
     plan_batch: int
     lease_id: int
 
+    @property
+    def sample_weight(self) -> np.ndarray:
+        """1 for every real clip, 0 for the padding of an evaluation pipeline's last batch."""
+        weights: np.ndarray = (self.provenance["padding"] == 0).astype(np.float32)
+        return weights
+
 
 class ClipDataset(keras.utils.PyDataset):
     """The batches of a running vidring daemon, for ``model.fit`` and plain loops.
@@ -103,7 +109,9 @@ class ClipDataset(keras.utils.PyDataset):
         self.layout: RingLayout = self._ring.layout
         self._batches_per_epoch = self.info.batches
         self._held = HeldBatches(self._client)
-        self._epochs = EpochTracker(self._batches_per_epoch, evaluation=evaluation)
+        # An evaluation pipeline's batches do not depend on the epoch anyway.
+        self.evaluation = evaluation or self.info.status.evaluation
+        self._epochs = EpochTracker(self._batches_per_epoch, evaluation=self.evaluation)
         try:
             self.set_epoch(epoch)
         except ValueError:
@@ -127,8 +135,12 @@ class ClipDataset(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self._batches_per_epoch
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        """(x, y), or (x, y, sample_weight) from an evaluation pipeline, whose last batch is
+        padded: its weights make Keras's metrics exactly those of the real clips."""
         batch = self.batch(index)
+        if self.info.status.evaluation:
+            return batch.x, batch.y, batch.sample_weight
         return batch.x, batch.y
 
     def on_epoch_begin(self) -> None:
@@ -150,7 +162,7 @@ class ClipDataset(keras.utils.PyDataset):
         """A Keras callback for ``fit``: the plan epoch becomes Keras's epoch."""
         return EpochCallback(self._epochs)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         """One epoch in index order; a loop that runs to the end moves on to the next epoch."""
         for index in range(len(self)):
             yield self[index]

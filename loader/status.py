@@ -97,6 +97,12 @@ class StatusRecord:
     """Shape of `x`: (batch, frames, height, width, 3)."""
     dtype: str
     """Element type of `x`."""
+    sampler: str
+    """Where clips lie in their videos: random, uniform or segments."""
+    clips_per_video: int
+    """Clips of each video per epoch."""
+    evaluation: bool
+    """Every video in manifest order, the same each epoch, the last batch padded (weight 0)."""
     slots: SlotCounts
     """The ring's slots by state."""
     workers: WorkerCounts

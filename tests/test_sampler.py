@@ -15,7 +15,8 @@ FRAMES = np.array([30, 3, 100, 16, 17, 50, 8, 64, 20, 21], dtype=np.int64)
 def _epoch(seed: int, epoch: int, batch_size: int = 3) -> list[sampler.ClipChoice]:
     n = sampler.batches_per_epoch(len(FRAMES), batch_size)
     return [c for b in range(n) for c in sampler.plan_batch(
-        FRAMES, seed=seed, epoch=epoch, batch=b, batch_size=batch_size, clip_length=8, stride=2)]
+        FRAMES, seed=seed, epoch=epoch, batch=b, batch_size=batch_size,
+        sampling=sampler.Sampling(8, 2))]
 
 
 def test_same_inputs_same_plan_and_each_video_at_most_once() -> None:
@@ -33,8 +34,8 @@ def test_epochs_and_seeds_differ() -> None:
 
 def test_batch_out_of_range() -> None:
     with pytest.raises(IndexError):
-        sampler.plan_batch(FRAMES, seed=0, epoch=0, batch=3, batch_size=3, clip_length=4,
-                           stride=1)
+        sampler.plan_batch(FRAMES, seed=0, epoch=0, batch=3, batch_size=3,
+                           sampling=sampler.Sampling(4))
 
 
 @settings(max_examples=200, deadline=None)
@@ -42,8 +43,8 @@ def test_batch_out_of_range() -> None:
        seed=st.integers(0, 2**31), sample=st.integers(0, 10**6))
 def test_clip_stays_inside_the_video(n_frames: int, clip_length: int, stride: int, seed: int,
                                      sample: int) -> None:
-    choice = sampler.choose(sample, 0, 0, n_frames, seed=seed, epoch=0, clip_length=clip_length,
-                            stride=stride)
+    choice = sampler.choose(sample, 0, 0, n_frames, seed=seed, epoch=0,
+                            sampling=sampler.Sampling(clip_length, stride))
     frames = sampler.clip_frames(choice.start_frame, n_frames, clip_length, stride)
     assert len(frames) == clip_length
     assert all(0 <= f < n_frames for f in frames)
@@ -69,8 +70,8 @@ def _shard_epoch(n: int, batch_size: int, shard: sampler.Shard,
     frames = np.full(n, 40, dtype=np.int64)
     batches = sampler.batches_per_epoch(n, batch_size, shard)
     return [c for b in range(batches) for c in sampler.plan_batch(
-        frames, seed=5, epoch=epoch, batch=b, batch_size=batch_size, clip_length=4, stride=1,
-        shard=shard)]
+        frames, seed=5, epoch=epoch, batch=b, batch_size=batch_size,
+        sampling=sampler.Sampling(4), shard=shard)]
 
 
 @settings(max_examples=100, deadline=None)
@@ -91,3 +92,59 @@ def test_shards_are_disjoint_and_cover_the_epoch(n: int, batch_size: int, count:
     dropped = sum(sampler.samples_in(n, sampler.Shard(i, count)) % batch_size
                   for i in range(count))
     assert len(seen) == n - dropped  # covering, but for each part's partial batch
+
+
+def _plan(frames: np.ndarray, sampling: sampler.Sampling, batch_size: int,
+          epoch: int = 0) -> list[sampler.ClipChoice]:
+    n = sampler.batches_per_epoch(len(frames), batch_size, sampler.WHOLE, sampling)
+    return [c for b in range(n) for c in sampler.plan_batch(
+        frames, seed=3, epoch=epoch, batch=b, batch_size=batch_size, sampling=sampling)]
+
+
+def test_random_clips_per_video_serves_each_video_n_times_an_epoch() -> None:
+    frames = np.full(6, 50, dtype=np.int64)
+    plan = _plan(frames, sampler.Sampling(4, clips_per_video=3), batch_size=3)
+    assert sorted(c.video_index for c in plan) == sorted(list(range(6)) * 3)
+    starts = {(c.video_index, c.clip): c.start_frame for c in plan}
+    assert len(set(starts.values())) > 6  # the clips of a video lie at different places
+
+
+def test_uniform_is_the_same_every_epoch_in_manifest_order_and_padded() -> None:
+    frames = np.array([40, 10, 25], dtype=np.int64)
+    sampling = sampler.Sampling(4, stride=2, sampler="uniform", clips_per_video=2)
+    plan = _plan(frames, sampling, batch_size=4)
+    assert plan == _plan(frames, sampling, batch_size=4, epoch=7)
+    real = [c for c in plan if not c.padding]
+    assert [(c.video_index, c.clip) for c in real] == [(v, j) for v in range(3) for j in (0, 1)]
+    assert len(plan) == 8  # 6 clips, the last batch padded with 2
+    assert [c.padding for c in plan].count(True) == 2
+    # Two clips of a 40-frame video with a 7-frame span: at its first and last valid start.
+    assert [c.frames for c in real[:2]] == [(0, 2, 4, 6), (33, 35, 37, 39)]
+
+
+def test_segments_take_one_frame_from_each_part_centred_in_evaluation() -> None:
+    frames = np.full(4, 100, dtype=np.int64)
+    train = _plan(frames, sampler.Sampling(4, sampler="segments"), batch_size=2)
+    for clip in train:
+        for t, f in enumerate(clip.frames):
+            assert 25 * t <= f < 25 * (t + 1)
+    other = _plan(frames, sampler.Sampling(4, sampler="segments"), batch_size=2, epoch=1)
+    assert {c.frames for c in train} != {c.frames for c in other}
+    evaluation = _plan(frames, sampler.Sampling(4, sampler="segments", evaluation=True), 2)
+    assert {c.frames for c in evaluation} == {(12, 37, 62, 87)}
+
+
+def test_a_short_video_repeats_its_last_frame_in_every_sampler() -> None:
+    for name in sampler.SAMPLERS:
+        clip = sampler.choose(0, 0, 0, 3, seed=0, epoch=0,
+                              sampling=sampler.Sampling(6, sampler=name))
+        assert len(clip.frames) == 6
+        assert all(0 <= f < 3 for f in clip.frames)
+        assert list(clip.frames) == sorted(clip.frames)
+
+
+def test_random_clips_cannot_evaluate() -> None:
+    with pytest.raises(ValueError, match="use uniform or segments"):
+        sampler.Sampling(4, evaluation=True)
+    with pytest.raises(ValueError, match="sampler: must be one of"):
+        sampler.Sampling(4, sampler="dense")

@@ -6,6 +6,7 @@ import numpy as np
 
 from tests.support import FakeClock
 from vidring.daemon.faults import MAX_FAILURES_IN_A_ROW, FaultLedger
+from vidring.daemon.sampler import Sampling
 from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
 
 N_VIDEOS = 8
@@ -14,7 +15,7 @@ N_VIDEOS = 8
 
 def _queue(retry_delay_s: float = 2.0) -> tuple[TaskQueue, FaultLedger, FakeClock]:
     plan = PlanSettings(np.full(N_VIDEOS, 30, dtype=np.int64), seed=1, batch_size=4,
-                        clip_length=4, stride=1)
+                        sampling=Sampling(4))
     faults = FaultLedger([f"v{i}.mp4" for i in range(N_VIDEOS)], retry_delay_s)
     clock = FakeClock()
     return TaskQueue(plan, faults, clock=clock), faults, clock
