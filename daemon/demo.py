@@ -112,9 +112,9 @@ def run_demo(*, epochs: int = 4, videos: int = 64, workers: int | None = None,
             "--slots", "6", *common])
         procs[f"{tag}-val"] = start_daemon(f"{tag}-val", [
             "--manifest", str(root / "val"), "--batch-size", "8", "--workers", "1",
-            "--slots", "2", *common])
+            "--slots", "2", "--sampler", "uniform", *common])  # every video, the same clips
         train = ClipDataset(f"{tag}-train")
-        val = ClipDataset(f"{tag}-val", evaluation=True)  # the same clips every validation
+        val = ClipDataset(f"{tag}-val")  # an evaluation pipeline: the same clips every time
         print(f"classes: {train.info.classes}; {len(train)} batches/epoch of "
               f"{'x'.join(map(str, train.info.status.batch_shape))} {train.info.status.dtype}")
 

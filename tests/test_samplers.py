@@ -1,0 +1,109 @@
+"""Samplers end to end: each clip is the frames the plan names, byte-exact; evaluation
+pipelines give Keras exactly the metrics of their real clips."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+
+from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode
+from vidring.daemon import sampler
+from vidring.daemon.probe import probe
+from vidring.loader import ClipDataset
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SAMPLINGS = {
+    "random-stride2-x2": (["--sampler", "random", "--stride", "2", "--clips-per-video", "2"],
+                          sampler.Sampling(CLIP, 2, "random", 2)),
+    "uniform-x2": (["--sampler", "uniform", "--clips-per-video", "2"],
+                   sampler.Sampling(CLIP, 1, "uniform", 2)),
+    "segments": (["--sampler", "segments"], sampler.Sampling(CLIP, 1, "segments")),
+    "segments-eval": (["--sampler", "segments", "--evaluation"],
+                      sampler.Sampling(CLIP, 1, "segments", evaluation=True)),
+}
+
+
+def _epoch(ds: ClipDataset) -> list[tuple[bytes, bytes, bytes]]:
+    out = []
+    for i in range(len(ds)):
+        b = ds.batch(i)
+        out.append((b.x.tobytes(), b.y.tobytes(), b.provenance.tobytes()))
+    ds.set_epoch(ds.epoch + 1)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(SAMPLINGS))
+def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons,
+                                                     manifest: Path, video_dir: Path) -> None:
+    args, sampling = SAMPLINGS[kind]
+    name = daemons.start(manifest, batch_size=4, workers=2, slots=3, seed=11, extra=args)
+    paths = [video_dir / f"v{i:02d}.mp4" for i in range(N_VIDEOS)]
+    frame_counts = np.array([probe(p).frames for p in paths], dtype=np.int64)
+    refs = {i: reference_decode(p, *SIZE) for i, p in enumerate(paths)}
+    with ClipDataset(name) as ds:
+        assert ds.info.status.sampler == sampling.sampler
+        for epoch in range(2):
+            served = []
+            for i in range(len(ds)):
+                b = ds.batch(i)
+                plan = sampler.plan_batch(frame_counts, seed=11, epoch=b.epoch,
+                                          batch=b.plan_batch, batch_size=4, sampling=sampling)
+                for pos, clip in enumerate(plan):
+                    prov = b.provenance[pos]
+                    assert int(prov["video_index"]) == clip.video_index
+                    assert bool(prov["padding"]) == clip.padding
+                    np.testing.assert_array_equal(
+                        b.x[pos], refs[clip.video_index][list(clip.frames)],
+                        err_msg=f"{kind}: video {clip.video_index} frames {clip.frames}")
+                    if not clip.padding:
+                        served.append(clip.video_index)
+            per_video = sampling.clips_per_video
+            if sampling.evaluates:  # every clip of every video, every epoch
+                assert sorted(served) == sorted(list(range(N_VIDEOS)) * per_video)
+            else:
+                assert len(served) == len(ds) * 4
+            ds.set_epoch(epoch + 1)
+
+
+@pytest.mark.parametrize("kind", list(SAMPLINGS))
+def test_the_same_bytes_with_one_or_three_workers(kind: str, daemons: Daemons,
+                                                  manifest: Path) -> None:
+    args, _ = SAMPLINGS[kind]
+    one = daemons.start(manifest, batch_size=4, workers=1, slots=2, seed=5, extra=args)
+    three = daemons.start(manifest, batch_size=4, workers=3, slots=4, seed=5, extra=args)
+    with ClipDataset(one) as a, ClipDataset(three) as b:
+        assert _epoch(a) + _epoch(a) == _epoch(b) + _epoch(b)
+
+
+@pytest.mark.slow
+def test_evaluate_with_padding_equals_the_metric_of_the_real_clips(
+        daemons: Daemons, video_dir: Path, tmp_path: Path) -> None:
+    import keras
+
+    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i % 3}" for i in range(10)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    name = daemons.start(tmp_path / "m.csv", batch_size=4, workers=2, slots=3,
+                         dtype="float32", extra=["--sampler", "uniform"])
+    model = keras.Sequential([keras.Input((CLIP, *SIZE, 3)), keras.layers.Flatten(),
+                              keras.layers.Dense(3, activation="softmax")])
+    # Weighted metrics are means over the real clips; Keras's loss divides by batch size.
+    model.compile("sgd", "sparse_categorical_crossentropy",
+                  weighted_metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy()])
+    with ClipDataset(name) as ds:
+        assert len(ds) == 3  # 10 clips: the last batch holds 2 and 2 of padding
+        first = model.evaluate(ds, verbose=0)
+        second = model.evaluate(ds, verbose=0)
+        xs, ys = [], []
+        for i in range(len(ds)):
+            x, y, w = ds[i]
+            assert w.tolist() == ([1.0] * 4 if i < 2 else [1.0, 1.0, 0.0, 0.0])
+            xs.append(np.array(x[w > 0]))
+            ys.append(np.array(y[w > 0]))
+        direct = model.evaluate(np.concatenate(xs), np.concatenate(ys), batch_size=16,
+                                verbose=0)
+    assert first == second
+    assert first[1:] == pytest.approx(direct[1:], rel=1e-5)  # accuracy, cross-entropy
