@@ -73,6 +73,9 @@ class ServeConfig:
     evaluation: bool = field(default=False, metadata=_flag(
         "an evaluation pipeline: every video in manifest order, the same in every epoch, the "
         "last batch padded (implied by --sampler uniform)", action="store_true", default=None))
+    short_policy: str = field(default="repeat_last", metadata=_flag(
+        "a video shorter than a clip: repeat_last (default), wrap, or skip (left out at start)",
+        choices=["repeat_last", "wrap", "skip"]))
     shard: int = field(default=0, metadata=_flag(
         "serve part I of every epoch (one daemon per host; default 0)", type=int))
     num_shards: int = field(default=1, metadata=_flag(
@@ -111,7 +114,7 @@ class ServeConfig:
 
     def sampling(self) -> Sampling:
         return Sampling(self.clip_length, self.stride, self.sampler, self.clips_per_video,
-                        bool(self.evaluation))
+                        bool(self.evaluation), self.short_policy)
 
 
 # The settings a user gives (flags, TOML keys): the fields, with size for height and width.

@@ -35,6 +35,11 @@ class FaultLedger:
     def probe_failed(self, video: int, reason: str) -> None:
         self._record(video, f"probe: {reason}", quarantine=True)
 
+    def left_out(self, video: int, reason: str) -> None:
+        """Kept out of every plan (a short video under --short-policy skip): reported like
+        a quarantined file, but no sample of it is ever planned or stood in for."""
+        self._record(video, reason, quarantine=True)
+
     def clip_failed(self, video: int, reason: str) -> float | None:
         """Seconds to wait before retrying the clip, or None: the video is quarantined now."""
         self._in_a_row[video] = failures = self._in_a_row.get(video, 0) + 1

@@ -19,7 +19,9 @@ Where a clip lies in its video:
   N = 1), frames at `stride`;
 - `segments` (TSN): the video split into `clip_length` equal segments, one
   frame from each: random within it in training, its centre in evaluation.
-A video shorter than a clip repeats its last frame.  A video that fails is
+A video shorter than a clip (`--short-policy`) repeats its last frame
+(`repeat_last`), starts over (`wrap`), or is left out of the plan at start
+(`skip`: the plan draws from the rows it is given).  A video that fails is
 replaced by ``replacement()``, deterministic too, so a fixed set of bad files
 gives the same bytes every run.
 """
@@ -37,6 +39,7 @@ _ORDER_STREAM = 0
 _SAMPLE_STREAM = 1
 _REPLACE_STREAM = 2
 SAMPLERS = ("random", "uniform", "segments")
+SHORT_POLICIES = ("repeat_last", "wrap", "skip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +51,12 @@ class Sampling:
     sampler: str = "random"
     clips_per_video: int = 1
     evaluation: bool = False  # implied by `uniform`
+    short: str = "repeat_last"  # what a video shorter than a clip gives
 
     def __post_init__(self) -> None:
+        if self.short not in SHORT_POLICIES:
+            raise ValueError(f"short_policy: must be one of {', '.join(SHORT_POLICIES)}, got "
+                             f"{self.short!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got "
                              f"{self.sampler!r}")
@@ -59,6 +66,13 @@ class Sampling:
     @property
     def evaluates(self) -> bool:
         return self.evaluation or self.sampler == "uniform"
+
+    @property
+    def frames_needed(self) -> int:
+        """The frames a video needs for a whole clip without repeats."""
+        if self.sampler == "segments":
+            return self.clip_length
+        return (self.clip_length - 1) * self.stride + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +132,12 @@ def clip_start(n_frames: int, clip_length: int, stride: int, rng: np.random.Gene
     return int(rng.integers(0, valid_starts))
 
 
-def clip_frames(start: int, n_frames: int, clip_length: int, stride: int) -> list[int]:
-    """Frame indices of a clip; past the end a short video repeats its last frame."""
+def clip_frames(start: int, n_frames: int, clip_length: int, stride: int, *,
+                wrap: bool = False) -> list[int]:
+    """Frame indices of a clip; past the end a short video repeats its last frame, or
+    starts over from its first with `wrap`."""
+    if wrap:
+        return [(start + t * stride) % n_frames for t in range(clip_length)]
     last = n_frames - 1
     return [min(start + t * stride, last) for t in range(clip_length)]
 
@@ -142,22 +160,27 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
     """Where clip `clip` of video `video_index` lies, for sample `sample_index`."""
     rng = np.random.default_rng([_SAMPLE_STREAM, seed, epoch, sample_index, attempt])
     length, stride = sampling.clip_length, sampling.stride
+    wrap = sampling.short == "wrap"
     if sampling.sampler == "segments":
         frames = segment_frames(n_frames, length, None if sampling.evaluates else rng)
     elif sampling.sampler == "uniform":
         valid = _valid_starts(n_frames, length, stride)
         n = sampling.clips_per_video
         start = (valid - 1) // 2 if n == 1 else round(clip * (valid - 1) / (n - 1))
-        frames = clip_frames(max(start, 0), n_frames, length, stride)
+        frames = clip_frames(max(start, 0), n_frames, length, stride, wrap=wrap)
     else:
-        frames = clip_frames(clip_start(n_frames, length, stride, rng), n_frames, length, stride)
+        frames = clip_frames(clip_start(n_frames, length, stride, rng), n_frames, length, stride,
+                             wrap=wrap)
     return ClipChoice(sample_index, planned_index, video_index, tuple(frames), attempt, clip)
 
 
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
-               sampling: Sampling, shard: Shard = WHOLE) -> list[ClipChoice]:
-    """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement."""
-    n = len(frame_counts)
+               sampling: Sampling, shard: Shard = WHOLE,
+               rows: np.ndarray | None = None) -> list[ClipChoice]:
+    """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement,
+    drawn from manifest `rows` (default: all; fewer when short videos are skipped)."""
+    rows = np.arange(len(frame_counts)) if rows is None else rows
+    n = len(rows)
     if not 0 <= batch < batches_per_epoch(n, batch_size, shard, sampling):
         raise IndexError(f"plan batch {batch} out of range for {n} videos of batch {batch_size}")
     per_video = sampling.clips_per_video
@@ -174,7 +197,8 @@ def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, b
         if padding:  # an evaluation batch past the last sample: repeat the shard's first
             sample = shard.index
         item = int(order[sample]) if order is not None else sample
-        video, clip = divmod(item, per_video)
+        row, clip = divmod(item, per_video)
+        video = int(rows[row])
         choice = choose(sample, video, video, int(frame_counts[video]), seed=seed, epoch=epoch,
                         sampling=sampling, clip=clip)
         clips.append(dataclasses.replace(choice, padding=padding))

@@ -74,9 +74,10 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
         shard = sampler.Shard(config.shard, config.num_shards)
         sampling = config.sampling()
-        batches = sampler.batches_per_epoch(len(manifest), config.batch_size, shard, sampling)
+        rows = _rows_to_plan(sampling, infos, faults)
+        batches = sampler.batches_per_epoch(len(rows), config.batch_size, shard, sampling)
         if batches < 1:
-            samples = sampler.samples_in(len(manifest), shard, sampling.clips_per_video)
+            samples = sampler.samples_in(len(rows), shard, sampling.clips_per_video)
             raise StartupError(f"batch size {config.batch_size} is larger than the "
                                f"{samples} clips an epoch of {config.manifest} has for this "
                                "shard")
@@ -91,7 +92,8 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                           on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
         work = _bind(ctx, runtime.work_endpoint)
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
-                            config.seed, config.batch_size, sampling, shard)
+                            config.seed, config.batch_size, sampling, shard,
+                            None if len(rows) == len(manifest) else rows)
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),
@@ -160,6 +162,20 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
                   disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("probe", total=total)
         yield lambda done: bar.update(task, completed=done)
+
+
+def _rows_to_plan(sampling: sampler.Sampling, infos: list[VideoInfo | None],
+                  faults: FaultLedger) -> np.ndarray:
+    """The manifest rows epochs draw from: all, but short videos under --short-policy skip."""
+    keep = []
+    for index, info in enumerate(infos):
+        if sampling.short == "skip" and info is not None and info.frames < sampling.frames_needed:
+            faults.left_out(index, f"shorter than a clip ({info.frames} frames, "
+                                   f"{sampling.frames_needed} needed): left out "
+                                   "(--short-policy skip)")
+        else:
+            keep.append(index)
+    return np.array(keep, dtype=np.int64)
 
 
 def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:

@@ -55,6 +55,7 @@ class PlanSettings:
     batch_size: int
     sampling: sampler.Sampling
     shard: sampler.Shard = sampler.WHOLE
+    rows: np.ndarray | None = None  # the manifest rows plans draw from (None: all)
 
 
 class TaskQueue:
@@ -75,7 +76,8 @@ class TaskQueue:
     def add_batch(self, slot: int, key: Key) -> None:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
-                                   batch_size=p.batch_size, sampling=p.sampling, shard=p.shard)
+                                   batch_size=p.batch_size, sampling=p.sampling, shard=p.shard,
+                                   rows=p.rows)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1
@@ -111,7 +113,8 @@ class TaskQueue:
         p = self._plan
         choice = task.choice
         quarantine = self._faults.quarantine
-        n_videos = len(p.frame_counts)
+        rows = np.arange(len(p.frame_counts)) if p.rows is None else p.rows
+        n_videos = len(rows)
         # An evaluation plan does not depend on the epoch: nor do its stand-ins.
         epoch = 0 if p.sampling.evaluates else task.key[0]
         while choice.video_index in quarantine:
@@ -122,8 +125,9 @@ class TaskQueue:
                               f"{len(quarantine)} of {n_videos} videos are quarantined")
                 log.error("%s", self.fatal)
                 return
-            video = sampler.replacement(n_videos, seed=p.seed, epoch=epoch,
-                                        sample_index=choice.sample_index, attempt=attempt)
+            video = int(rows[sampler.replacement(n_videos, seed=p.seed, epoch=epoch,
+                                                 sample_index=choice.sample_index,
+                                                 attempt=attempt)])
             stand_in = sampler.choose(choice.sample_index, choice.planned_index, video,
                                       int(p.frame_counts[video]), seed=p.seed, epoch=epoch,
                                       sampling=p.sampling, attempt=attempt, clip=choice.clip)

@@ -148,3 +148,13 @@ def test_random_clips_cannot_evaluate() -> None:
         sampler.Sampling(4, evaluation=True)
     with pytest.raises(ValueError, match="sampler: must be one of"):
         sampler.Sampling(4, sampler="dense")
+
+
+def test_wrap_starts_a_short_clip_over_and_rows_limit_the_plan() -> None:
+    assert sampler.clip_frames(0, 3, 6, 1, wrap=True) == [0, 1, 2, 0, 1, 2]
+    frames = np.array([40, 3, 40, 40, 40], dtype=np.int64)
+    rows = np.array([0, 2, 3, 4])  # row 1 left out (--short-policy skip)
+    plan = [c for b in range(2) for c in sampler.plan_batch(
+        frames, seed=1, epoch=0, batch=b, batch_size=2, sampling=sampler.Sampling(8),
+        rows=rows)]
+    assert sorted(c.video_index for c in plan) == [0, 2, 3, 4]

@@ -24,6 +24,8 @@ SAMPLINGS = {
     "segments": (["--sampler", "segments"], sampler.Sampling(CLIP, 1, "segments")),
     "segments-eval": (["--sampler", "segments", "--evaluation"],
                       sampler.Sampling(CLIP, 1, "segments", evaluation=True)),
+    # Video 5 has 3 frames, fewer than a clip: its clips start over instead of repeating.
+    "random-wrap": (["--short-policy", "wrap"], sampler.Sampling(CLIP, short="wrap")),
 }
 
 
@@ -107,3 +109,26 @@ def test_evaluate_with_padding_equals_the_metric_of_the_real_clips(
                                 verbose=0)
     assert first == second
     assert first[1:] == pytest.approx(direct[1:], rel=1e-5)  # accuracy, cross-entropy
+
+
+def test_short_videos_can_be_left_out_and_are_reported(daemons: Daemons,
+                                                       manifest: Path) -> None:
+    name = daemons.start(manifest, batch_size=4, workers=2, slots=3,
+                         extra=["--short-policy", "skip"])
+    with ClipDataset(name) as ds:
+        assert len(ds) == (N_VIDEOS - 1) // 4  # video 5 (3 frames) is out of every plan
+        for _ in range(2):
+            videos = [int(v) for _, _, prov in _batches(ds) for v in prov["video_index"]]
+            assert 5 not in videos
+            assert len(videos) == len(set(videos))
+        st = ds.status()
+    assert st.errors.quarantined == 1
+    assert st.errors.last is not None
+    assert "shorter than a clip (3 frames, 6 needed)" in st.errors.last.reason
+    assert st.errors.replaced_samples == 0  # left out, not stood in for
+
+
+def _batches(ds: ClipDataset) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    out = [(b.x, b.y, b.provenance) for b in (ds.batch(i) for i in range(len(ds)))]
+    ds.set_epoch(ds.epoch + 1)
+    return out
