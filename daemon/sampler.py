@@ -1,7 +1,7 @@
 """The epoch plan: which clip of which video goes where.  Pure functions only.
 
-Batch k of epoch e is a function of (frame counts, seed, epoch, k, sampling,
-shard) and nothing else: not the worker count, not timing, not crashes.  Every
+Batch k of epoch e is a function of (frame counts, the rows planned, seed,
+epoch, k, sampling, shard) and nothing else: not the worker count, not timing, not crashes.  Every
 random choice comes from a generator seeded by (stream, seed, epoch, sample,
 attempt).
 
@@ -94,7 +94,8 @@ class ClipChoice:
 class Shard:
     """Part `index` of `count` of every epoch (`vidring serve --shard I --num-shards N`, one
     daemon per host): the samples at positions index, index + count, ... of the epoch order.
-    Parts are disjoint and cover the epoch; each drops its own last partial batch."""
+    Parts are disjoint and together hold every sample; in training each drops its own last
+    partial batch (up to count x (B - 1) samples an epoch in all)."""
 
     index: int = 0
     count: int = 1
@@ -142,15 +143,19 @@ def clip_frames(start: int, n_frames: int, clip_length: int, stride: int, *,
     return [min(start + t * stride, last) for t in range(clip_length)]
 
 
-def segment_frames(n_frames: int, segments: int, rng: np.random.Generator | None) -> list[int]:
-    """One frame from each of `segments` equal parts of the video: random in it, or its
-    centre when `rng` is None."""
+def segment_frames(n_frames: int, segments: int, rng: np.random.Generator | None,
+                   fraction: float = 0.5) -> list[int]:
+    """One frame from each of `segments` equal parts of the video: random in it, or, when
+    `rng` is None, at `fraction` of it (the centre by default)."""
     bounds = np.linspace(0, n_frames, segments + 1)
     frames = []
     for lo, hi in itertools.pairwise(bounds):
         first, last = int(np.ceil(lo)), max(int(np.ceil(hi)) - 1, int(np.ceil(lo)))
-        pick = (first + last) // 2 if rng is None else int(rng.integers(first, last + 1))
-        frames.append(min(pick, n_frames - 1))
+        if rng is None:
+            pick = first + int(fraction * (last - first + 1))
+        else:
+            pick = int(rng.integers(first, last + 1))
+        frames.append(min(pick, last, n_frames - 1))
     return frames
 
 
@@ -162,7 +167,9 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
     length, stride = sampling.clip_length, sampling.stride
     wrap = sampling.short == "wrap"
     if sampling.sampler == "segments":
-        frames = segment_frames(n_frames, length, None if sampling.evaluates else rng)
+        # In evaluation, clip j of N takes the frame at (j + 1) / (N + 1) of each part.
+        fraction = (clip + 1) / (sampling.clips_per_video + 1)
+        frames = segment_frames(n_frames, length, None if sampling.evaluates else rng, fraction)
     elif sampling.sampler == "uniform":
         valid = _valid_starts(n_frames, length, stride)
         n = sampling.clips_per_video

@@ -5,7 +5,8 @@ client for index i of an epoch is assigned that client's next plan batch of
 the epoch; a repeat gets the same one (DESIGN.md, "Batches, epochs and what
 Keras really does").  Each client has its own index maps, so trainers at
 different epochs of one pipeline never change what the other's epoch holds;
-prefetch follows the client that asked last.  A client may read one part of
+prefetch fills the next batches of every client in turn, the one that asked
+last first.  A client may read one part of
 each epoch (ClipDataset(shard=i, num_shards=n)): plan batches i, i + n, ...;
 the parts of n clients are disjoint and cover the epoch.
 
@@ -33,7 +34,7 @@ from vidring.loader.ring import SlotState
 from vidring.loader.status import SlotCounts
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 Key = tuple[int, int]  # (epoch, plan batch)
 
@@ -62,12 +63,13 @@ class Scheduler:
         self.slots = [SlotRecord() for _ in range(slot_count)]
         self.batches_per_epoch = batches_per_epoch
         self.batch_size = batch_size
-        self.consumer_epoch = 0  # the epoch of the last request: prefetch follows it
+        self.consumer_epoch = 0  # the epoch of the last request (status shows it)
         self._on_change = on_change
         self._content: dict[Key, int] = {}  # key -> slot filling or holding it
         # owner -> epoch -> {request index -> plan batch}
         self._index_maps: dict[bytes, dict[int, dict[int, int]]] = {}
-        self._lead = b""  # the owner whose map prefetch follows
+        self._lead = b""  # the owner that asked last: prefetched first
+        self._current: dict[bytes, int] = {}  # owner -> the epoch it asked for last
         self._parts: dict[bytes, tuple[int, int]] = {}  # owner -> (shard, num_shards)
         self._leases: dict[int, Lease] = {}
         self._next_lease = first_lease_id
@@ -95,9 +97,10 @@ class Scheduler:
         mapping = maps.setdefault(epoch, {})
         if index not in mapping:
             mapping[index] = self._plan_batch(owner, len(mapping))
-        # Prefetch follows the trainer, also backwards (a trainer resumed at an
+        # Prefetch follows each trainer, also backwards (a trainer resumed at an
         # earlier epoch against a long-running daemon).
         self._lead, self.consumer_epoch = owner, epoch
+        self._current[owner] = epoch
         for other in [e for e in maps if abs(e - epoch) > 1]:
             del maps[other]
         return (epoch, mapping[index])
@@ -152,6 +155,7 @@ class Scheduler:
         self.release_owner(owner)
         self._index_maps.pop(owner, None)
         self._parts.pop(owner, None)
+        self._current.pop(owner, None)
 
     def _plan_batch(self, owner: bytes, k: int) -> int:
         """The k-th plan batch of `owner`'s part of an epoch."""
@@ -170,19 +174,30 @@ class Scheduler:
         for key in waiting:
             if key not in keys:
                 keys.append(key)
-        maps = self._index_maps.get(self._lead, {})
-        length = self.part_length(self._lead)
-        epoch = self.consumer_epoch
+        owners = [self._lead, *(o for o in self._current if o != self._lead)]
+        streams = [self._upcoming(owner) for owner in owners]
+        # Round robin over the clients' next batches; clients reading the same batches
+        # share them, so a bounded number of turns always fills the capacity.
+        for _ in range(4 * (capacity + 1) * len(streams)):
+            if len(keys) >= capacity:
+                break
+            key = next(streams[_ % len(streams)])
+            if key not in keys:
+                keys.append(key)
+        return keys[:max(capacity, len(waiting))]
+
+    def _upcoming(self, owner: bytes) -> Iterator[Key]:
+        """The batches `owner` will ask for next, in order, across epochs."""
+        maps = self._index_maps.get(owner, {})
+        length = self.part_length(owner)
+        epoch = self._current.get(owner, self.consumer_epoch)
         k = len(maps.get(epoch, {}))
-        while len(keys) < capacity:
+        while True:
             if k >= length:
                 epoch, k = epoch + 1, len(maps.get(epoch + 1, {}))
                 continue
-            key = (epoch, self._plan_batch(self._lead, k))
-            if key not in keys:
-                keys.append(key)
+            yield (epoch, self._plan_batch(owner, k))
             k += 1
-        return keys[:max(capacity, len(waiting))]
 
     def next_fills(self, waiting: list[Key]) -> list[tuple[int, Key]]:
         """Start filling slots for wanted keys not yet in the ring; returns (slot, key)."""

@@ -131,7 +131,10 @@ class TaskQueue:
             stand_in = sampler.choose(choice.sample_index, choice.planned_index, video,
                                       int(p.frame_counts[video]), seed=p.seed, epoch=epoch,
                                       sampling=p.sampling, attempt=attempt, clip=choice.clip)
-            choice = dataclasses.replace(stand_in, padding=choice.padding)
+            # In evaluation a stand-in only keeps the batch whole: weight 0, so metrics are
+            # those of the readable clips.
+            choice = dataclasses.replace(stand_in,
+                                         padding=choice.padding or p.sampling.evaluates)
         task.choice = choice
         if front:
             self._queue.appendleft(task)

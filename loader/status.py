@@ -92,7 +92,7 @@ class StatusRecord:
     epoch: int
     """The epoch the trainer is reading."""
     batches_per_epoch: int
-    """Batches in one epoch (`len(ClipDataset)`)."""
+    """Batches in one epoch of the pipeline (a ClipDataset shard reads its part of them)."""
     batch_shape: tuple[int, ...]
     """Shape of `x`: (batch, frames, height, width, 3)."""
     dtype: str

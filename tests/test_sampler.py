@@ -158,3 +158,10 @@ def test_wrap_starts_a_short_clip_over_and_rows_limit_the_plan() -> None:
         frames, seed=1, epoch=0, batch=b, batch_size=2, sampling=sampler.Sampling(8),
         rows=rows)]
     assert sorted(c.video_index for c in plan) == [0, 2, 3, 4]
+
+
+def test_segments_evaluation_spreads_several_clips_within_each_part() -> None:
+    frames = np.full(2, 100, dtype=np.int64)
+    sampling = sampler.Sampling(4, sampler="segments", clips_per_video=3, evaluation=True)
+    plan = [c for c in _plan(frames, sampling, batch_size=3) if c.video_index == 0]
+    assert [c.frames for c in plan] == [(6, 31, 56, 81), (12, 37, 62, 87), (18, 43, 68, 93)]

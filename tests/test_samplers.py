@@ -66,8 +66,9 @@ def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons
             per_video = sampling.clips_per_video
             if sampling.evaluates:  # every clip of every video, every epoch
                 assert sorted(served) == sorted(list(range(N_VIDEOS)) * per_video)
-            else:
+            else:  # whole batches, no video more often than its clips
                 assert len(served) == len(ds) * 4
+                assert max(served.count(v) for v in set(served)) <= per_video
             ds.set_epoch(epoch + 1)
 
 

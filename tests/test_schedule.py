@@ -116,4 +116,14 @@ def test_client_parts_are_disjoint_and_cover_the_plan() -> None:
         s.set_part(b"x", 3, 3)
     s.set_part(b"lead", 1, 2)
     s.assign(b"lead", 0, 0)
-    assert [key for _, key in s.next_fills([])] == [(0, 3), (0, 5)]  # prefetch its own part
+    # The asker's next batch first, then the next client's (whose epoch-0 part is all read).
+    assert [key for _, key in s.next_fills([])] == [(0, 3), (1, 0)]
+
+
+def test_prefetch_serves_every_shard_in_turn() -> None:
+    s = Scheduler(slot_count=4, batches_per_epoch=8, batch_size=1)
+    for i in range(2):
+        s.set_part(bytes([i]), i, 2)
+        s.assign(bytes([i]), 0, 0)
+    filled = [key for _, key in _fill_all(s)]
+    assert sorted(filled) == [(0, 2), (0, 3), (0, 4), (0, 5)]  # each shard's next two

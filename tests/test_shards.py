@@ -41,17 +41,31 @@ def test_three_processes_split_one_pipeline(daemons: Daemons, manifest: Path) ->
             p.close()
 
 
+def _starts(ds: ClipDataset) -> dict[int, int]:
+    """video -> start frame of its clip, over one epoch of `ds`."""
+    out = {}
+    for i in range(len(ds)):
+        for p in ds.batch(i).provenance:
+            out[int(p["video_index"])] = int(p["start_frame"])
+    ds.set_epoch(ds.epoch + 1)
+    return out
+
+
 def test_two_daemons_serve_disjoint_parts_that_cover_the_epoch(daemons: Daemons,
                                                                manifest: Path) -> None:
-    names = [daemons.start(manifest, batch_size=4, workers=1, slots=2,
+    names = [daemons.start(manifest, batch_size=4, workers=1, slots=2, seed=9,
                            extra=["--shard", str(i), "--num-shards", "2"]) for i in range(2)]
+    whole = daemons.start(manifest, batch_size=4, workers=1, slots=2, seed=9)
     for epoch in range(2):
-        labels = []
+        parts = []
         for name in names:
             with ClipDataset(name, epoch=epoch) as ds:
                 assert len(ds) == 2
-                labels += [v for _, lab in _plan_batches(ds) for v in lab]
-        assert sorted(labels) == list(range(N_VIDEOS)), f"epoch {epoch}"
+                parts.append(_starts(ds))
+        assert not set(parts[0]) & set(parts[1]), f"epoch {epoch}: disjoint"
+        with ClipDataset(whole, epoch=epoch) as ds:
+            unsharded = _starts(ds)
+        assert {**parts[0], **parts[1]} == unsharded, f"epoch {epoch}: the same clips"
 
 
 def test_a_shard_out_of_range_is_refused(daemons: Daemons, manifest: Path) -> None:

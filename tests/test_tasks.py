@@ -92,3 +92,17 @@ def test_no_readable_video_is_fatal_not_a_loop() -> None:
     queue.add_batch(0, (0, 0))
     assert queue.pop() is None
     assert "no readable stand-in" in queue.fatal
+
+
+def test_an_evaluation_stand_in_weighs_nothing() -> None:
+    plan = PlanSettings(np.full(N_VIDEOS, 30, dtype=np.int64), seed=1, batch_size=4,
+                        sampling=Sampling(4, sampler="uniform"))
+    faults = FaultLedger([f"v{i}.mp4" for i in range(N_VIDEOS)], 1.0)
+    faults.probe_failed(1, "unreadable")
+    queue = TaskQueue(plan, faults, clock=FakeClock())
+    queue.add_batch(0, (0, 0))  # videos 0..3 in manifest order
+    tasks = _drain(queue)
+    stand_in = next(t for t in tasks if t.choice.planned_index == 1)
+    assert stand_in.choice.video_index != 1
+    assert stand_in.choice.padding  # weight 0: metrics stay those of readable clips
+    assert not any(t.choice.padding for t in tasks if t is not stand_in)
