@@ -98,18 +98,20 @@ def _tree_cpu_s() -> dict[tuple[int, float], float]:
     return cpu_by_process
 
 
-def vidring_plan(videos: list[str], n_rows: int, seed: int,
-                 batches: range) -> list[list[ClipRef]]:
+def vidring_plan(videos: list[str], n_rows: int, seed: int, batches: range,
+                 sampling: sampler.Sampling) -> list[list[ClipRef]]:
     """The clips vidring's epoch plan puts in `batches` of epoch 0 for a manifest that lists
     `videos` cyclically in `n_rows` rows: the plan is a pure function, so every loader can
     decode exactly the clips vidring decodes."""
-    frames = [probe(path).frames for path in videos]
+    infos = [probe(path) for path in videos]
     rows = [videos[i % len(videos)] for i in range(n_rows)]
-    frame_counts = np.array([frames[i % len(videos)] for i in range(n_rows)], dtype=np.int64)
+    frame_counts = np.array([infos[i % len(videos)].frames for i in range(n_rows)],
+                            dtype=np.int64)
+    keyframes = [infos[i % len(videos)].keyframe_indices for i in range(n_rows)]
     return [[(rows[c.video_index], c.start_frame)
              for c in sampler.plan_batch(frame_counts, seed=seed, epoch=0, batch=b,
-                                         batch_size=BATCH_SIZE,
-                                         sampling=sampler.Sampling(CLIP_LENGTH))]
+                                         batch_size=BATCH_SIZE, sampling=sampling,
+                                         keyframes=keyframes)]
             for b in batches]
 
 
@@ -165,14 +167,14 @@ def run_pyav(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
 
 
 def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
-                seed: int) -> Result:
+                seed: int, sampling: sampler.Sampling) -> Result:
     with tempfile.TemporaryDirectory(prefix="vidring-bench-") as scratch:
         manifest_path = write_manifest([Path(v) for v in videos], Path(scratch) / "manifest.csv",
                                        n_rows=n_rows)
         with serving(manifest_path, f"bench-throughput-{os.getpid()}", batch_size=BATCH_SIZE,
                      clip_length=CLIP_LENGTH, width=WIDTH, height=HEIGHT, workers=workers,
-                     slots=VIDRING_SLOTS, seed=seed,
-                     log_path=Path(scratch) / "daemon.log") as dataset:
+                     slots=VIDRING_SLOTS, seed=seed, log_path=Path(scratch) / "daemon.log",
+                     extra=["--sampler", sampling.sampler]) as dataset:
             indices = indices_across_epochs(dataset)
             for _ in range(VIDRING_WARMUP_BATCHES):
                 x, y = dataset[next(indices)]
@@ -217,6 +219,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="length of each video")
     parser.add_argument("--loaders", default=",".join(LOADERS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", default="random", choices=["random", "random_keyframe"],
+                        help="where clips start (every loader decodes the same clips)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     loaders = args.loaders.split(",")
@@ -232,17 +236,20 @@ def main() -> None:
     # One clip per manifest row per epoch: list the videos cyclically so that one epoch
     # covers vidring's warm-up and timed batches.
     n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
+    sampling = sampler.Sampling(CLIP_LENGTH, sampler=args.sampler)
     warmup, *batches = vidring_plan(
         videos, n_rows, args.seed,
-        range(VIDRING_WARMUP_BATCHES - 1, VIDRING_WARMUP_BATCHES + n_batches))
+        range(VIDRING_WARMUP_BATCHES - 1, VIDRING_WARMUP_BATCHES + n_batches), sampling)
     print(f"corpus: {len(videos)} videos 640x360, {args.seconds:g} s at 30 fps, GOP 250; "
-          f"{n_batches} batches of {BATCH_SIZE}x{CLIP_LENGTH}x{HEIGHT}x{WIDTH}x3 uint8 per loader")
+          f"{n_batches} batches of {BATCH_SIZE}x{CLIP_LENGTH}x{HEIGHT}x{WIDTH}x3 uint8 per loader, "
+          f"clips placed by the {args.sampler} sampler")
 
     runners: dict[str, Callable[[], Result]] = {
         "naive-opencv": lambda: run_naive([warmup], batches, labels),
         "keras-mp": lambda: run_keras_mp([warmup], batches, labels, args.workers),
         "pyav-straight": lambda: run_pyav([warmup], batches, labels),
-        "vidring": lambda: run_vidring(videos, n_rows, n_batches, args.workers, args.seed),
+        "vidring": lambda: run_vidring(videos, n_rows, n_batches, args.workers, args.seed,
+                                       sampling),
     }
     results = []
     for name in loaders:

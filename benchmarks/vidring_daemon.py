@@ -26,12 +26,13 @@ STATUS_POLL_S = 0.02
 @contextlib.contextmanager
 def serving(manifest_path: Path, name: str, *, batch_size: int, clip_length: int,
             width: int, height: int, workers: int, slots: int, log_path: Path,
-            seed: int = 0, dtype: str | None = None) -> Iterator[ClipDataset]:
+            seed: int = 0, dtype: str | None = None,
+            extra: list[str] | None = None) -> Iterator[ClipDataset]:
     """Start `vidring serve` and yield a connected ClipDataset; close and stop on exit."""
     args = ["--manifest", str(manifest_path), "--batch-size", str(batch_size),
             "--clip-length", str(clip_length), "--size", f"{height}x{width}",
             "--workers", str(workers), "--slots", str(slots), "--seed", str(seed),
-            *(["--dtype", dtype] if dtype else [])]
+            *(["--dtype", dtype] if dtype else []), *(extra or [])]
     with open(log_path, "wb") as log:
         process = start_daemon(name, args, timeout_s=START_TIMEOUT_S, stdout=log, stderr=log)
     try:

@@ -66,8 +66,9 @@ class ServeConfig:
     probe_cache: Path | None = field(default=None, metadata=_flag(
         "folder for probe results (default ~/.cache/vidring/probe)"))
     sampler: str = field(default="random", metadata=_flag(
-        "where clips lie: random (default), uniform (evaluation), segments (TSN)",
-        choices=["random", "uniform", "segments"]))
+        "where clips lie: random (default), random_keyframe (faster on long GOPs), uniform "
+        "(evaluation), segments (TSN)",
+        choices=["random", "random_keyframe", "uniform", "segments"]))
     clips_per_video: int = field(default=1, metadata=_flag(
         "clips of each video per epoch (default 1)", type=int))
     evaluation: bool = field(default=False, metadata=_flag(

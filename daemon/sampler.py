@@ -15,6 +15,9 @@ An epoch is the manifest's videos, each `clips_per_video` times, as samples:
 
 Where a clip lies in its video:
 - `random`: a start uniform over the valid starts, frames at `stride`;
+- `random_keyframe`: a start drawn uniformly among the keyframes that leave room
+  for a whole clip, so no frame before the clip is decoded; it trades start
+  randomness for speed on long GOPs (README gives the measured gain);
 - `uniform`: clip j of N starts at j/(N-1) of the valid starts (the centre for
   N = 1), frames at `stride`;
 - `segments` (TSN): the video split into `clip_length` equal segments, one
@@ -32,13 +35,17 @@ import dataclasses
 import functools
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _ORDER_STREAM = 0
 _SAMPLE_STREAM = 1
 _REPLACE_STREAM = 2
-SAMPLERS = ("random", "uniform", "segments")
+SAMPLERS = ("random", "random_keyframe", "uniform", "segments")
 SHORT_POLICIES = ("repeat_last", "wrap", "skip")
 
 
@@ -60,7 +67,7 @@ class Sampling:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got "
                              f"{self.sampler!r}")
-        if self.sampler == "random" and self.evaluation:
+        if self.sampler.startswith("random") and self.evaluation:
             raise ValueError("sampler: random clips cannot evaluate; use uniform or segments")
 
     @property
@@ -159,10 +166,20 @@ def segment_frames(n_frames: int, segments: int, rng: np.random.Generator | None
     return frames
 
 
+def keyframe_start(n_frames: int, keyframes: np.ndarray, clip_length: int, stride: int,
+                   rng: np.random.Generator) -> int:
+    """A keyframe that leaves room for a whole clip after it (the first one if none does)."""
+    fits = keyframes[keyframes < max(_valid_starts(n_frames, clip_length, stride), 1)]
+    if len(fits) == 0:
+        return 0
+    return int(fits[rng.integers(0, len(fits))])
+
+
 def choose(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
            seed: int, epoch: int, sampling: Sampling, attempt: int = 0,
-           clip: int = 0) -> ClipChoice:
-    """Where clip `clip` of video `video_index` lies, for sample `sample_index`."""
+           clip: int = 0, keyframes: np.ndarray | None = None) -> ClipChoice:
+    """Where clip `clip` of video `video_index` lies, for sample `sample_index`
+    (`keyframes`: the video's keyframe indices, for random_keyframe)."""
     rng = np.random.default_rng([_SAMPLE_STREAM, seed, epoch, sample_index, attempt])
     length, stride = sampling.clip_length, sampling.stride
     wrap = sampling.short == "wrap"
@@ -175,6 +192,10 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
         n = sampling.clips_per_video
         start = (valid - 1) // 2 if n == 1 else round(clip * (valid - 1) / (n - 1))
         frames = clip_frames(max(start, 0), n_frames, length, stride, wrap=wrap)
+    elif sampling.sampler == "random_keyframe":
+        keys = keyframes if keyframes is not None else np.zeros(1, dtype=np.int64)
+        frames = clip_frames(keyframe_start(n_frames, keys, length, stride, rng), n_frames,
+                             length, stride, wrap=wrap)
     else:
         frames = clip_frames(clip_start(n_frames, length, stride, rng), n_frames, length, stride,
                              wrap=wrap)
@@ -182,8 +203,8 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
 
 
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
-               sampling: Sampling, shard: Shard = WHOLE,
-               rows: np.ndarray | None = None) -> list[ClipChoice]:
+               sampling: Sampling, shard: Shard = WHOLE, rows: np.ndarray | None = None,
+               keyframes: Sequence[np.ndarray] | None = None) -> list[ClipChoice]:
     """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement,
     drawn from manifest `rows` (default: all; fewer when short videos are skipped)."""
     rows = np.arange(len(frame_counts)) if rows is None else rows
@@ -207,7 +228,8 @@ def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, b
         row, clip = divmod(item, per_video)
         video = int(rows[row])
         choice = choose(sample, video, video, int(frame_counts[video]), seed=seed, epoch=epoch,
-                        sampling=sampling, clip=clip)
+                        sampling=sampling, clip=clip,
+                        keyframes=None if keyframes is None else keyframes[video])
         clips.append(dataclasses.replace(choice, padding=padding))
     return clips
 

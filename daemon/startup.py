@@ -93,7 +93,9 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
         work = _bind(ctx, runtime.work_endpoint)
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
                             config.seed, config.batch_size, sampling, shard,
-                            None if len(rows) == len(manifest) else rows)
+                            None if len(rows) == len(manifest) else rows,
+                            tuple(i.keyframe_indices if i else np.zeros(1, np.int64)
+                                  for i in infos))
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),

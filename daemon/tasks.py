@@ -56,6 +56,7 @@ class PlanSettings:
     sampling: sampler.Sampling
     shard: sampler.Shard = sampler.WHOLE
     rows: np.ndarray | None = None  # the manifest rows plans draw from (None: all)
+    keyframes: tuple[np.ndarray, ...] | None = None  # per row, for random_keyframe
 
 
 class TaskQueue:
@@ -77,7 +78,7 @@ class TaskQueue:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
                                    batch_size=p.batch_size, sampling=p.sampling, shard=p.shard,
-                                   rows=p.rows)
+                                   rows=p.rows, keyframes=p.keyframes)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1
@@ -130,7 +131,9 @@ class TaskQueue:
                                                  attempt=attempt)])
             stand_in = sampler.choose(choice.sample_index, choice.planned_index, video,
                                       int(p.frame_counts[video]), seed=p.seed, epoch=epoch,
-                                      sampling=p.sampling, attempt=attempt, clip=choice.clip)
+                                      sampling=p.sampling, attempt=attempt, clip=choice.clip,
+                                      keyframes=None if p.keyframes is None
+                                      else p.keyframes[video])
             # In evaluation a stand-in only keeps the batch whole: weight 0, so metrics are
             # those of the readable clips.
             choice = dataclasses.replace(stand_in,

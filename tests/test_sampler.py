@@ -165,3 +165,17 @@ def test_segments_evaluation_spreads_several_clips_within_each_part() -> None:
     sampling = sampler.Sampling(4, sampler="segments", clips_per_video=3, evaluation=True)
     plan = [c for c in _plan(frames, sampling, batch_size=3) if c.video_index == 0]
     assert [c.frames for c in plan] == [(6, 31, 56, 81), (12, 37, 62, 87), (18, 43, 68, 93)]
+
+
+def test_random_keyframe_starts_at_keyframes_that_leave_room_for_a_clip() -> None:
+    frames = np.full(5, 100, dtype=np.int64)
+    keyframes = [np.array([0, 30, 60, 90])] * 5  # 90 leaves no room for 16 frames
+    sampling = sampler.Sampling(16, sampler="random_keyframe")
+    starts = set()
+    for epoch in range(6):
+        for b in range(5):
+            for clip in sampler.plan_batch(frames, seed=2, epoch=epoch, batch=b, batch_size=1,
+                                           sampling=sampling, keyframes=keyframes):
+                starts.add(clip.start_frame)
+                assert clip.frames == tuple(range(clip.start_frame, clip.start_frame + 16))
+    assert starts == {0, 30, 60}

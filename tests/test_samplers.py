@@ -24,6 +24,8 @@ SAMPLINGS = {
     "segments": (["--sampler", "segments"], sampler.Sampling(CLIP, 1, "segments")),
     "segments-eval": (["--sampler", "segments", "--evaluation"],
                       sampler.Sampling(CLIP, 1, "segments", evaluation=True)),
+    "random_keyframe": (["--sampler", "random_keyframe"],
+                        sampler.Sampling(CLIP, 1, "random_keyframe")),
     # Video 5 has 3 frames, fewer than a clip: its clips start over instead of repeating.
     "random-wrap": (["--short-policy", "wrap"], sampler.Sampling(CLIP, short="wrap")),
 }
@@ -44,7 +46,9 @@ def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons
     args, sampling = SAMPLINGS[kind]
     name = daemons.start(manifest, batch_size=4, workers=2, slots=3, seed=11, extra=args)
     paths = [video_dir / f"v{i:02d}.mp4" for i in range(N_VIDEOS)]
-    frame_counts = np.array([probe(p).frames for p in paths], dtype=np.int64)
+    infos = [probe(p) for p in paths]
+    frame_counts = np.array([info.frames for info in infos], dtype=np.int64)
+    keyframes = [info.keyframe_indices for info in infos]
     refs = {i: reference_decode(p, *SIZE) for i, p in enumerate(paths)}
     with ClipDataset(name) as ds:
         assert ds.info.status.sampler == sampling.sampler
@@ -53,7 +57,8 @@ def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons
             for i in range(len(ds)):
                 b = ds.batch(i)
                 plan = sampler.plan_batch(frame_counts, seed=11, epoch=b.epoch,
-                                          batch=b.plan_batch, batch_size=4, sampling=sampling)
+                                          batch=b.plan_batch, batch_size=4, sampling=sampling,
+                                          keyframes=keyframes)
                 for pos, clip in enumerate(plan):
                     prov = b.provenance[pos]
                     assert int(prov["video_index"]) == clip.video_index
