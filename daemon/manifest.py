@@ -1,9 +1,12 @@
 """The dataset: a CSV / JSONL manifest or a class-per-folder tree -> (path, label) rows.
 
-CSV: ``path,label`` per line, an optional ``path,label`` header; a relative
-path is relative to the manifest's folder.  JSONL: one ``{"path": ..., "label": ...}``
-object per line.  Folder: one sub-folder per class, class names mapped to ints
-in sorted order.  A bad row is an error naming the file, line and field.
+CSV: ``path,label[,start,end]`` per line, an optional header naming those
+columns; a relative path is relative to the manifest's folder.  JSONL: one
+``{"path": ..., "label": ..., "start": ..., "end": ...}`` object per line.
+`start` and `end` (seconds from the video's first frame, either may be left
+out) bound the clips of that row to a segment of its video.  Folder: one
+sub-folder per class, class names mapped to ints in sorted order.  A bad row
+is an error naming the file, line and field.
 """
 
 from __future__ import annotations
@@ -12,8 +15,12 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vidring.loader.protocol import INT32_LIMIT
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
@@ -27,6 +34,8 @@ class ManifestError(ValueError):
 class VideoRow:
     path: Path
     label: int
+    start_s: float | None = None  # clips lie in [start_s, end_s) of the video
+    end_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +80,26 @@ def _label(text: object, where: str) -> int:
     return value
 
 
+def _span(values: Sequence[object], where: str) -> tuple[float | None, float | None]:
+    """(start, end) seconds; either may be empty (the video's start or end)."""
+    out: list[float | None] = []
+    for name, value in zip(("start", "end"), values, strict=True):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            out.append(None)
+            continue
+        try:
+            seconds = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: field {name!r} must be seconds, got {value!r}") from None
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ManifestError(f"{where}: field {name!r} must be >= 0 seconds, got {value!r}")
+        out.append(seconds)
+    start, end = out
+    if start is not None and end is not None and end <= start:
+        raise ManifestError(f"{where}: 'end' {end:g} must come after 'start' {start:g}")
+    return start, end
+
+
 def _path(text: object, base: Path, where: str) -> Path:
     if not isinstance(text, str) or not text.strip():
         raise ManifestError(f"{where}: field 'path' is empty")
@@ -84,12 +113,16 @@ def _from_csv(src: Path) -> Manifest:
         for lineno, record in enumerate(csv.reader(fh), start=1):
             if not record or all(not cell.strip() for cell in record):
                 continue
-            if lineno == 1 and [c.strip().lower() for c in record] == ["path", "label"]:
+            if lineno == 1 and [c.strip().lower() for c in record] in (
+                    ["path", "label"], ["path", "label", "start", "end"]):
                 continue
             where = f"manifest {src}, line {lineno}"
-            if len(record) != 2:
-                raise ManifestError(f"{where}: expected 2 fields 'path,label', got {len(record)}")
-            rows.append(VideoRow(_path(record[0], src.parent, where), _label(record[1], where)))
+            if len(record) not in (2, 4):
+                raise ManifestError(f"{where}: expected 2 fields 'path,label' or 4 "
+                                    f"'path,label,start,end', got {len(record)}")
+            start, end = _span(record[2:] or ["", ""], where)
+            rows.append(VideoRow(_path(record[0], src.parent, where), _label(record[1], where),
+                                 start, end))
     return Manifest(src, tuple(rows))
 
 
@@ -110,7 +143,8 @@ def _from_jsonl(src: Path) -> Manifest:
                 if key not in obj:
                     raise ManifestError(f"{where}: missing field {key!r}")
             path = _path(obj["path"], src.parent, where)
-            rows.append(VideoRow(path, _label(obj["label"], where)))
+            start, end = _span([obj.get("start"), obj.get("end")], where)
+            rows.append(VideoRow(path, _label(obj["label"], where), start, end))
     return Manifest(src, tuple(rows))
 
 

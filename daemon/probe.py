@@ -41,6 +41,14 @@ class VideoInfo:
     keyframe_dts: np.ndarray  # int64, and that keyframe's decode timestamp
     width: int
     height: int
+    time_base: float  # seconds per pts unit
+
+    def frame_range(self, start_s: float | None, end_s: float | None) -> tuple[int, int]:
+        """The frames [first, stop) presented in [start_s, end_s) seconds from the first."""
+        times = (self.frame_pts - self.frame_pts[0]) * self.time_base
+        first = 0 if start_s is None else int(np.searchsorted(times, start_s - 1e-9))
+        stop = self.frames if end_s is None else int(np.searchsorted(times, end_s - 1e-9))
+        return first, stop
 
     @property
     def frames(self) -> int:
@@ -80,6 +88,7 @@ def probe(path: str | Path) -> VideoInfo:
                 if packet.is_keyframe:
                     key_pts_flagged.append(packet.pts)
             width, height = stream.codec_context.width, stream.codec_context.height
+            time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
         raise
     except (av.FFmpegError, OSError) as exc:
@@ -100,7 +109,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_idx = np.concatenate([[0], key_idx]).astype(np.int64)
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
-    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height)
+    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base)
 
 
 # Below this many uncached videos, starting probe processes costs more than it saves.
@@ -138,7 +147,8 @@ class ProbeCache:
             data = json.loads(entry.read_text())
             pts, keys, key_pts, key_dts = (np.asarray(data[k], np.int64)
                                            for k in ("pts", "keys", "key_pts", "key_dts"))
-            return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]))
+            return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]),
+                             float(data["time_base"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -150,7 +160,8 @@ class ProbeCache:
                                    "keys": info.keyframe_indices.tolist(),
                                    "key_pts": info.keyframe_pts.tolist(),
                                    "key_dts": info.keyframe_dts.tolist(),
-                                   "width": info.width, "height": info.height}))
+                                   "width": info.width, "height": info.height,
+                                   "time_base": info.time_base}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

@@ -22,7 +22,9 @@ Where a clip lies in its video:
   N = 1), frames at `stride`;
 - `segments` (TSN): the video split into `clip_length` equal segments, one
   frame from each: random within it in training, its centre in evaluation.
-A video shorter than a clip (`--short-policy`) repeats its last frame
+A manifest row's `start`/`end` bound its clips to a window of frames
+[first, stop) of its video: every sampler works within the window.  A video
+(or window) shorter than a clip (`--short-policy`) repeats its last frame
 (`repeat_last`), starts over (`wrap`), or is left out of the plan at start
 (`skip`: the plan draws from the rows it is given).  A video that fails is
 replaced by ``replacement()``, deterministic too, so a fixed set of bad files
@@ -177,9 +179,23 @@ def keyframe_start(n_frames: int, keyframes: np.ndarray, clip_length: int, strid
 
 def choose(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
            seed: int, epoch: int, sampling: Sampling, attempt: int = 0,
-           clip: int = 0, keyframes: np.ndarray | None = None) -> ClipChoice:
+           clip: int = 0, keyframes: np.ndarray | None = None,
+           window: tuple[int, int] | None = None) -> ClipChoice:
     """Where clip `clip` of video `video_index` lies, for sample `sample_index`
-    (`keyframes`: the video's keyframe indices, for random_keyframe)."""
+    (`keyframes`: the video's keyframe indices, for random_keyframe; `window`: the frames
+    [first, stop) its manifest row allows)."""
+    first, stop = window if window is not None else (0, n_frames)
+    choice = _choose_in(sample_index, planned_index, video_index, max(stop - first, 1),
+                        seed=seed, epoch=epoch, sampling=sampling, attempt=attempt, clip=clip,
+                        keyframes=None if keyframes is None else keyframes - first)
+    if not first:
+        return choice
+    return dataclasses.replace(choice, frames=tuple(first + f for f in choice.frames))
+
+
+def _choose_in(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
+               seed: int, epoch: int, sampling: Sampling, attempt: int, clip: int,
+               keyframes: np.ndarray | None) -> ClipChoice:
     rng = np.random.default_rng([_SAMPLE_STREAM, seed, epoch, sample_index, attempt])
     length, stride = sampling.clip_length, sampling.stride
     wrap = sampling.short == "wrap"
@@ -193,7 +209,7 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
         start = (valid - 1) // 2 if n == 1 else round(clip * (valid - 1) / (n - 1))
         frames = clip_frames(max(start, 0), n_frames, length, stride, wrap=wrap)
     elif sampling.sampler == "random_keyframe":
-        keys = keyframes if keyframes is not None else np.zeros(1, dtype=np.int64)
+        keys = np.zeros(1, dtype=np.int64) if keyframes is None else keyframes[keyframes >= 0]
         frames = clip_frames(keyframe_start(n_frames, keys, length, stride, rng), n_frames,
                              length, stride, wrap=wrap)
     else:
@@ -204,7 +220,8 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
 
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
                sampling: Sampling, shard: Shard = WHOLE, rows: np.ndarray | None = None,
-               keyframes: Sequence[np.ndarray] | None = None) -> list[ClipChoice]:
+               keyframes: Sequence[np.ndarray] | None = None,
+               windows: np.ndarray | None = None) -> list[ClipChoice]:
     """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement,
     drawn from manifest `rows` (default: all; fewer when short videos are skipped)."""
     rows = np.arange(len(frame_counts)) if rows is None else rows
@@ -229,7 +246,9 @@ def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, b
         video = int(rows[row])
         choice = choose(sample, video, video, int(frame_counts[video]), seed=seed, epoch=epoch,
                         sampling=sampling, clip=clip,
-                        keyframes=None if keyframes is None else keyframes[video])
+                        keyframes=None if keyframes is None else keyframes[video],
+                        window=None if windows is None else (int(windows[video][0]),
+                                                             int(windows[video][1])))
         clips.append(dataclasses.replace(choice, padding=padding))
     return clips
 

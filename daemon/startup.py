@@ -74,7 +74,8 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
         shard = sampler.Shard(config.shard, config.num_shards)
         sampling = config.sampling()
-        rows = _rows_to_plan(sampling, infos, faults)
+        windows = _windows(manifest, infos)
+        rows = _rows_to_plan(sampling, manifest, windows, faults)
         batches = sampler.batches_per_epoch(len(rows), config.batch_size, shard, sampling)
         if batches < 1:
             samples = sampler.samples_in(len(rows), shard, sampling.clips_per_video)
@@ -95,7 +96,9 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                             config.seed, config.batch_size, sampling, shard,
                             None if len(rows) == len(manifest) else rows,
                             tuple(i.keyframe_indices if i else np.zeros(1, np.int64)
-                                  for i in infos))
+                                  for i in infos),
+                            None if all(r.start_s is None and r.end_s is None
+                                        for r in manifest.rows) else windows)
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),
@@ -166,13 +169,31 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
         yield lambda done: bar.update(task, completed=done)
 
 
-def _rows_to_plan(sampling: sampler.Sampling, infos: list[VideoInfo | None],
+def _windows(manifest: Manifest, infos: list[VideoInfo | None]) -> np.ndarray:
+    """Per row, the frames [first, stop) its start/end allow (all of them by default)."""
+    windows = np.zeros((len(infos), 2), dtype=np.int64)
+    for index, (row, info) in enumerate(zip(manifest.rows, infos, strict=True)):
+        if info is None:
+            windows[index] = (0, 1)
+        elif row.start_s is None and row.end_s is None:
+            windows[index] = (0, info.frames)
+        else:
+            windows[index] = info.frame_range(row.start_s, row.end_s)
+    return windows
+
+
+def _rows_to_plan(sampling: sampler.Sampling, manifest: Manifest, windows: np.ndarray,
                   faults: FaultLedger) -> np.ndarray:
-    """The manifest rows epochs draw from: all, but short videos under --short-policy skip."""
+    """The manifest rows epochs draw from: all, but rows whose start/end select no frame,
+    and short ones under --short-policy skip."""
     keep = []
-    for index, info in enumerate(infos):
-        if sampling.short == "skip" and info is not None and info.frames < sampling.frames_needed:
-            faults.left_out(index, f"shorter than a clip ({info.frames} frames, "
+    for index, (row, (first, stop)) in enumerate(zip(manifest.rows, windows, strict=True)):
+        frames = int(stop - first)
+        if frames <= 0:
+            faults.left_out(index, f"start {row.start_s} s, end {row.end_s} s: no frame of the "
+                                   "video lies there; left out")
+        elif sampling.short == "skip" and frames < sampling.frames_needed:
+            faults.left_out(index, f"shorter than a clip ({frames} frames, "
                                    f"{sampling.frames_needed} needed): left out "
                                    "(--short-policy skip)")
         else:

@@ -57,6 +57,7 @@ class PlanSettings:
     shard: sampler.Shard = sampler.WHOLE
     rows: np.ndarray | None = None  # the manifest rows plans draw from (None: all)
     keyframes: tuple[np.ndarray, ...] | None = None  # per row, for random_keyframe
+    windows: np.ndarray | None = None  # per row: the frames [first, stop) start/end allow
 
 
 class TaskQueue:
@@ -78,7 +79,7 @@ class TaskQueue:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
                                    batch_size=p.batch_size, sampling=p.sampling, shard=p.shard,
-                                   rows=p.rows, keyframes=p.keyframes)
+                                   rows=p.rows, keyframes=p.keyframes, windows=p.windows)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1
@@ -133,7 +134,9 @@ class TaskQueue:
                                       int(p.frame_counts[video]), seed=p.seed, epoch=epoch,
                                       sampling=p.sampling, attempt=attempt, clip=choice.clip,
                                       keyframes=None if p.keyframes is None
-                                      else p.keyframes[video])
+                                      else p.keyframes[video],
+                                      window=None if p.windows is None
+                                      else (int(p.windows[video][0]), int(p.windows[video][1])))
             # In evaluation a stand-in only keeps the batch whole: weight 0, so metrics are
             # those of the readable clips.
             choice = dataclasses.replace(stand_in,

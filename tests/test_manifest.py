@@ -66,3 +66,32 @@ def test_class_folders_map_sorted_names_to_ints(tmp_path: Path) -> None:
 def test_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="no such file"):
         load_manifest(tmp_path / "nope.csv")
+
+
+def test_start_and_end_seconds_in_csv_and_jsonl(tmp_path: Path) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,label,start,end\na.mp4,1,1.5,4\nb.mp4,2,,\nc.mp4,3,2,\n")
+    rows = load_manifest(csv).rows
+    assert [(r.start_s, r.end_s) for r in rows] == [(1.5, 4.0), (None, None), (2.0, None)]
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text('{"path": "a.mp4", "label": 0, "start": 0.5}\n'
+                     '{"path": "b.mp4", "label": 1, "end": 3}\n')
+    rows = load_manifest(jsonl).rows
+    assert [(r.start_s, r.end_s) for r in rows] == [(0.5, None), (None, 3.0)]
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("a.mp4,1,x,2\n", r"line 1: field 'start' must be seconds, got 'x'"),
+        ("a.mp4,1,-1,2\n", r"line 1: field 'start' must be >= 0 seconds"),
+        ("a.mp4,1,3,2\n", r"line 1: 'end' 2 must come after 'start' 3"),
+        ("a.mp4,1,3\n", r"line 1: expected 2 fields 'path,label' or 4"),
+    ],
+)
+def test_bad_start_or_end_names_line_and_field(tmp_path: Path, text: str,
+                                               complaint: str) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_text(text)
+    with pytest.raises(ManifestError, match=complaint):
+        load_manifest(csv)

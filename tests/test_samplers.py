@@ -138,3 +138,35 @@ def _batches(ds: ClipDataset) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     out = [(b.x, b.y, b.provenance) for b in (ds.batch(i) for i in range(len(ds)))]
     ds.set_epoch(ds.epoch + 1)
     return out
+
+
+def test_start_and_end_bound_every_clip_to_its_segment(daemons: Daemons, video_dir: Path,
+                                                       tmp_path: Path) -> None:
+    # The test videos run at 30 fps: [0.2 s, 0.6 s) is frames 6..17 of each.
+    files = [i for i in range(N_VIDEOS) if i != 5] + [5]  # manifest row -> test video
+    rows = [f"{video_dir / f'v{i:02d}.mp4'},{i},0.2,0.6" for i in files[:-1]]
+    rows.append(f"{video_dir / 'v05.mp4'},5,2.0,3.0")  # 3 frames long: nothing lies there
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    name = daemons.start(tmp_path / "m.csv", batch_size=3, workers=2, slots=3, seed=4)
+    refs = {row: reference_decode(video_dir / f"v{i:02d}.mp4", *SIZE)
+            for row, i in enumerate(files)}
+    with ClipDataset(name) as ds:
+        starts = set()
+        for _ in range(3):
+            videos = []
+            for i in range(len(ds)):
+                b = ds.batch(i)
+                for pos, prov in enumerate(b.provenance):
+                    video, start = int(prov["video_index"]), int(prov["start_frame"])
+                    assert 6 <= start <= 18 - CLIP, f"video {video} starts at {start}"
+                    np.testing.assert_array_equal(b.x[pos], refs[video][start:start + CLIP])
+                    videos.append(video)
+                    starts.add(start)
+            assert len(files) - 1 not in videos  # the row whose segment holds no frame
+            assert len(videos) == len(set(videos)) == len(ds) * 3
+            ds.set_epoch(ds.epoch + 1)
+        assert len(starts) > 1  # random within the segment, not pinned to its start
+        st = ds.status()
+    assert st.errors.quarantined == 1
+    assert st.errors.last is not None
+    assert "no frame of the video lies there" in st.errors.last.reason
