@@ -69,6 +69,9 @@ class ServeConfig:
         "where clips lie: random (default), random_keyframe (faster on long GOPs), uniform "
         "(evaluation), segments (TSN)",
         choices=["random", "random_keyframe", "uniform", "segments"]))
+    fps: float | None = field(default=None, metadata=_flag(
+        "resample clips to this many frames per second by timestamps (instead of --stride)",
+        type=float))
     clips_per_video: int = field(default=1, metadata=_flag(
         "clips of each video per epoch (default 1)", type=int))
     evaluation: bool = field(default=False, metadata=_flag(
@@ -115,7 +118,7 @@ class ServeConfig:
 
     def sampling(self) -> Sampling:
         return Sampling(self.clip_length, self.stride, self.sampler, self.clips_per_video,
-                        bool(self.evaluation), self.short_policy)
+                        bool(self.evaluation), self.short_policy, self.fps)
 
 
 # The settings a user gives (flags, TOML keys): the fields, with size for height and width.

@@ -43,9 +43,13 @@ class VideoInfo:
     height: int
     time_base: float  # seconds per pts unit
 
+    def seconds(self) -> np.ndarray:
+        """Each frame's presentation time in seconds from the first frame."""
+        return np.asarray((self.frame_pts - self.frame_pts[0]) * self.time_base, np.float64)
+
     def frame_range(self, start_s: float | None, end_s: float | None) -> tuple[int, int]:
         """The frames [first, stop) presented in [start_s, end_s) seconds from the first."""
-        times = (self.frame_pts - self.frame_pts[0]) * self.time_base
+        times = self.seconds()
         first = 0 if start_s is None else int(np.searchsorted(times, start_s - 1e-9))
         stop = self.frames if end_s is None else int(np.searchsorted(times, end_s - 1e-9))
         return first, stop

@@ -14,7 +14,9 @@ An epoch is the manifest's videos, each `clips_per_video` times, as samples:
   padded (`padding` set; ClipDataset gives it sample weight 0).
 
 Where a clip lies in its video:
-- `random`: a start uniform over the valid starts, frames at `stride`;
+- `random`: a start uniform over the valid starts, frames at `stride`, or, with
+  `fps`, at the frames presented at start + k / fps seconds (by timestamps, so a
+  clip spans the same time at 24, 25 or 30 fps and on variable frame rate);
 - `random_keyframe`: a start drawn uniformly among the keyframes that leave room
   for a whole clip, so no frame before the clip is decoded; it trades start
   randomness for speed on long GOPs (README gives the measured gain);
@@ -61,6 +63,7 @@ class Sampling:
     clips_per_video: int = 1
     evaluation: bool = False  # implied by `uniform`
     short: str = "repeat_last"  # what a video shorter than a clip gives
+    fps: float | None = None  # resample by timestamps instead of taking every stride-th frame
 
     def __post_init__(self) -> None:
         if self.short not in SHORT_POLICIES:
@@ -69,6 +72,13 @@ class Sampling:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: must be one of {', '.join(SAMPLERS)}, got "
                              f"{self.sampler!r}")
+        if self.fps is not None:
+            if not self.fps > 0:
+                raise ValueError(f"fps: must be > 0, got {self.fps!r}")
+            if self.stride != 1:
+                raise ValueError("fps: give --fps or --stride, not both")
+            if self.sampler == "segments":
+                raise ValueError("fps: segments place one frame per part, not by rate")
         if self.sampler.startswith("random") and self.evaluation:
             raise ValueError("sampler: random clips cannot evaluate; use uniform or segments")
 
@@ -180,14 +190,16 @@ def keyframe_start(n_frames: int, keyframes: np.ndarray, clip_length: int, strid
 def choose(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
            seed: int, epoch: int, sampling: Sampling, attempt: int = 0,
            clip: int = 0, keyframes: np.ndarray | None = None,
-           window: tuple[int, int] | None = None) -> ClipChoice:
+           window: tuple[int, int] | None = None,
+           times: np.ndarray | None = None) -> ClipChoice:
     """Where clip `clip` of video `video_index` lies, for sample `sample_index`
     (`keyframes`: the video's keyframe indices, for random_keyframe; `window`: the frames
-    [first, stop) its manifest row allows)."""
+    [first, stop) its manifest row allows; `times`: its frames' seconds, for fps)."""
     first, stop = window if window is not None else (0, n_frames)
     choice = _choose_in(sample_index, planned_index, video_index, max(stop - first, 1),
                         seed=seed, epoch=epoch, sampling=sampling, attempt=attempt, clip=clip,
-                        keyframes=None if keyframes is None else keyframes - first)
+                        keyframes=None if keyframes is None else keyframes - first,
+                        times=None if times is None else times[first:max(stop, first + 1)])
     if not first:
         return choice
     return dataclasses.replace(choice, frames=tuple(first + f for f in choice.frames))
@@ -195,11 +207,13 @@ def choose(sample_index: int, planned_index: int, video_index: int, n_frames: in
 
 def _choose_in(sample_index: int, planned_index: int, video_index: int, n_frames: int, *,
                seed: int, epoch: int, sampling: Sampling, attempt: int, clip: int,
-               keyframes: np.ndarray | None) -> ClipChoice:
+               keyframes: np.ndarray | None, times: np.ndarray | None) -> ClipChoice:
     rng = np.random.default_rng([_SAMPLE_STREAM, seed, epoch, sample_index, attempt])
     length, stride = sampling.clip_length, sampling.stride
     wrap = sampling.short == "wrap"
-    if sampling.sampler == "segments":
+    if sampling.fps is not None and times is not None:
+        frames = _by_time(times, sampling, clip, keyframes, rng)
+    elif sampling.sampler == "segments":
         # In evaluation, clip j of N takes the frame at (j + 1) / (N + 1) of each part.
         fraction = (clip + 1) / (sampling.clips_per_video + 1)
         frames = segment_frames(n_frames, length, None if sampling.evaluates else rng, fraction)
@@ -218,10 +232,33 @@ def _choose_in(sample_index: int, planned_index: int, video_index: int, n_frames
     return ClipChoice(sample_index, planned_index, video_index, tuple(frames), attempt, clip)
 
 
+def _by_time(times: np.ndarray, sampling: Sampling, clip: int, keyframes: np.ndarray | None,
+             rng: np.random.Generator) -> list[int]:
+    """Frames presented at start + k / fps seconds (the last one at or before each time)."""
+    assert sampling.fps is not None
+    seconds = times - times[0]
+    span_s = (sampling.clip_length - 1) / sampling.fps
+    # Starts that leave a whole clip's time after them (at least the first frame).
+    valid = max(int(np.searchsorted(seconds, seconds[-1] - span_s + 1e-9, side="right")), 1)
+    if sampling.sampler == "uniform":
+        n = sampling.clips_per_video
+        start = (valid - 1) // 2 if n == 1 else round(clip * (valid - 1) / (n - 1))
+    elif sampling.sampler == "random_keyframe":
+        keys = np.zeros(1, np.int64) if keyframes is None else keyframes[keyframes >= 0]
+        fits = keys[keys < valid]
+        start = int(fits[rng.integers(0, len(fits))]) if len(fits) else 0
+    else:
+        start = int(rng.integers(0, valid))
+    targets = seconds[start] + np.arange(sampling.clip_length) / sampling.fps
+    picks = np.searchsorted(seconds, targets + 1e-9, side="right") - 1
+    return [int(i) for i in np.clip(picks, 0, len(seconds) - 1)]
+
+
 def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, batch_size: int,
                sampling: Sampling, shard: Shard = WHOLE, rows: np.ndarray | None = None,
                keyframes: Sequence[np.ndarray] | None = None,
-               windows: np.ndarray | None = None) -> list[ClipChoice]:
+               windows: np.ndarray | None = None,
+               times: Sequence[np.ndarray] | None = None) -> list[ClipChoice]:
     """The B clips of plan batch `batch` of `epoch` (of `shard`), before any replacement,
     drawn from manifest `rows` (default: all; fewer when short videos are skipped)."""
     rows = np.arange(len(frame_counts)) if rows is None else rows
@@ -248,7 +285,8 @@ def plan_batch(frame_counts: np.ndarray, *, seed: int, epoch: int, batch: int, b
                         sampling=sampling, clip=clip,
                         keyframes=None if keyframes is None else keyframes[video],
                         window=None if windows is None else (int(windows[video][0]),
-                                                             int(windows[video][1])))
+                                                             int(windows[video][1])),
+                        times=None if times is None else times[video])
         clips.append(dataclasses.replace(choice, padding=padding))
     return clips
 

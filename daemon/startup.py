@@ -98,7 +98,9 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                             tuple(i.keyframe_indices if i else np.zeros(1, np.int64)
                                   for i in infos),
                             None if all(r.start_s is None and r.end_s is None
-                                        for r in manifest.rows) else windows)
+                                        for r in manifest.rows) else windows,
+                            None if sampling.fps is None else tuple(
+                                i.seconds() if i else np.zeros(1) for i in infos))
         labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
         production = Production(plan, paths, infos, labels, ring, faults)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),

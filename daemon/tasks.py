@@ -58,6 +58,7 @@ class PlanSettings:
     rows: np.ndarray | None = None  # the manifest rows plans draw from (None: all)
     keyframes: tuple[np.ndarray, ...] | None = None  # per row, for random_keyframe
     windows: np.ndarray | None = None  # per row: the frames [first, stop) start/end allow
+    times: tuple[np.ndarray, ...] | None = None  # per row: each frame's seconds, for --fps
 
 
 class TaskQueue:
@@ -79,7 +80,8 @@ class TaskQueue:
         p = self._plan
         clips = sampler.plan_batch(p.frame_counts, seed=p.seed, epoch=key[0], batch=key[1],
                                    batch_size=p.batch_size, sampling=p.sampling, shard=p.shard,
-                                   rows=p.rows, keyframes=p.keyframes, windows=p.windows)
+                                   rows=p.rows, keyframes=p.keyframes, windows=p.windows,
+                                   times=p.times)
         for position, choice in enumerate(clips):
             self._put(Task(self._next_id, slot, position, key, choice))
             self._next_id += 1
@@ -136,7 +138,8 @@ class TaskQueue:
                                       keyframes=None if p.keyframes is None
                                       else p.keyframes[video],
                                       window=None if p.windows is None
-                                      else (int(p.windows[video][0]), int(p.windows[video][1])))
+                                      else (int(p.windows[video][0]), int(p.windows[video][1])),
+                                      times=None if p.times is None else p.times[video])
             # In evaluation a stand-in only keeps the batch whole: weight 0, so metrics are
             # those of the readable clips.
             choice = dataclasses.replace(stand_in,

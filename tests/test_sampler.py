@@ -179,3 +179,14 @@ def test_random_keyframe_starts_at_keyframes_that_leave_room_for_a_clip() -> Non
                 starts.add(clip.start_frame)
                 assert clip.frames == tuple(range(clip.start_frame, clip.start_frame + 16))
     assert starts == {0, 30, 60}
+
+
+def test_fps_picks_frames_by_time_and_refuses_stride_or_segments() -> None:
+    seconds = np.arange(60) / 30  # 30 fps
+    clip = sampler.choose(0, 0, 0, 60, seed=0, epoch=0, times=seconds,
+                          sampling=sampler.Sampling(4, sampler="uniform", fps=10.0))
+    assert np.diff(clip.frames).tolist() == [3, 3, 3]  # 0.1 s apart at 30 fps
+    with pytest.raises(ValueError, match="not both"):
+        sampler.Sampling(4, stride=2, fps=10.0)
+    with pytest.raises(ValueError, match="not by rate"):
+        sampler.Sampling(4, sampler="segments", fps=10.0)

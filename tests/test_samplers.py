@@ -3,12 +3,13 @@ pipelines give Keras exactly the metrics of their real clips."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode
+from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode, video_frames
 from vidring.daemon import sampler
 from vidring.daemon.probe import probe
 from vidring.loader import ClipDataset
@@ -170,3 +171,58 @@ def test_start_and_end_bound_every_clip_to_its_segment(daemons: Daemons, video_d
     assert st.errors.quarantined == 1
     assert st.errors.last is not None
     assert "no frame of the video lies there" in st.errors.last.reason
+
+
+def _write_timed(path: Path, frames: np.ndarray, times_ms: list[int]) -> None:
+    """Encode frames at exactly these presentation times (constant or variable rate)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"preset": "veryfast",
+                          "x264-params": "keyint=10:min-keyint=10:scenecut=0:bframes=2"}
+        for frame, ms in zip(frames, times_ms, strict=True):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = ms, Fraction(1, 1000)
+            container.mux(stream.encode(picture))
+        container.mux(stream.encode())
+
+
+def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
+        daemons: Daemons, tmp_path: Path) -> None:
+    vfr_ms = list(np.cumsum([0] + [20 if i % 3 else 70 for i in range(1, 45)]))
+    timings = {"24fps": [round(i * 1000 / 24) for i in range(48)],
+               "30fps": [round(i * 1000 / 30) for i in range(60)], "vfr": vfr_ms}
+    paths = []
+    for k, (kind, times_ms) in enumerate(timings.items()):
+        path = tmp_path / f"{kind}.mp4"
+        _write_timed(path, video_frames(k, len(times_ms)), [int(t) for t in times_ms])
+        paths.append(path)
+    rows = [f"{p},{i % 3}" for i, p in enumerate(paths * 2)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    name = daemons.start(tmp_path / "m.csv", batch_size=3, workers=2, slots=3, seed=2,
+                         clip_length=4, extra=["--fps", "6"])  # 4 frames span 0.5 s
+    infos = [probe(p) for p in paths * 2]
+    refs = [reference_decode(p, *SIZE) for p in paths * 2]
+    sampling = sampler.Sampling(4, fps=6.0)
+    with ClipDataset(name) as ds:
+        for _ in range(3):
+            for i in range(len(ds)):
+                b = ds.batch(i)
+                plan = sampler.plan_batch(
+                    np.array([info.frames for info in infos]), seed=2, epoch=b.epoch,
+                    batch=b.plan_batch, batch_size=3, sampling=sampling,
+                    times=[info.seconds() for info in infos])
+                for pos, clip in enumerate(plan):
+                    # Frame k is the last one presented at or before start + k / 6 s.
+                    seconds = infos[clip.video_index].seconds()
+                    start = seconds[clip.frames[0]]
+                    for k, f in enumerate(clip.frames):
+                        target = start + k / 6
+                        assert seconds[f] <= target + 1e-6
+                        assert f + 1 == len(seconds) or seconds[f + 1] > target + 1e-6
+                    np.testing.assert_array_equal(
+                        b.x[pos], refs[clip.video_index][list(clip.frames)])
+            ds.set_epoch(ds.epoch + 1)
