@@ -81,16 +81,17 @@ def probe(path: str | Path) -> VideoInfo:
             dts_of: dict[int, int] = {}  # pts -> dts
             key_pts_flagged: list[int] = []
             for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:
-                    # End-of-stream marker; or a frame an edit list drops (the decoder
-                    # still uses it as a reference, but never outputs it).
-                    continue
+                if packet.size == 0:
+                    continue  # end-of-stream marker
                 if packet.pts is None:
                     raise ProbeError(f"{path}: packet without a timestamp; remux the file")
-                pts.append(packet.pts)
                 dts_of[packet.pts] = packet.dts if packet.dts is not None else packet.pts
                 if packet.is_keyframe:
+                    # Kept even when an edit list drops it (a stream-copy cut): the
+                    # frames after it up to the next keyframe decode from it.
                     key_pts_flagged.append(packet.pts)
+                if not packet.is_discard:
+                    pts.append(packet.pts)  # a frame that is presented
             width, height = stream.codec_context.width, stream.codec_context.height
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:

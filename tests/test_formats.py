@@ -82,3 +82,50 @@ def test_random_clips_equal_a_sequential_decode(name: str, tmp_path: Path) -> No
         np.testing.assert_array_equal(out, reference[frames],
                                       err_msg=f"{name}: start {start} stride {stride}")
     decoder.close()
+
+
+def _stream_copy_cut(src: Path, dst: Path, first_frame: int) -> None:
+    """What `ffmpeg -ss ... -c copy` makes: the packets from the keyframe before
+    `first_frame` on, timestamps shifted so `first_frame` is at 0; the MP4 muxer writes an
+    edit list that discards the frames before it."""
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        stream = source.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        packets = [p for p in source.demux(stream) if p.size]
+        order = sorted(p.pts for p in packets)
+        cut = order[first_frame]
+        keyframe = max(p.pts for p in packets if p.is_keyframe and p.pts <= cut)
+        for packet in packets:
+            if packet.pts < keyframe:
+                continue
+            packet.pts -= cut
+            packet.dts -= cut
+            packet.stream = copy
+            out.mux(packet)
+
+
+@pytest.mark.parametrize(("gop", "n_frames", "first_frame"), [(16, 60, 20), (250, 300, 100)])
+def test_stream_copy_cuts_with_edit_lists_are_exact(tmp_path: Path, gop: int, n_frames: int,
+                                                    first_frame: int) -> None:
+    from tests.support import video_frames
+    from vidring.daemon.demo import write_video
+
+    source, cut = tmp_path / "source.mp4", tmp_path / "cut.mp4"
+    write_video(source, video_frames(7, n_frames), gop=gop)
+    _stream_copy_cut(source, cut, first_frame)
+    info = probe(cut)
+    reference = reference_decode(cut, H, W)
+    assert info.frames == len(reference) == n_frames - first_frame
+    np.testing.assert_array_equal(reference[0], reference_decode(source, H, W)[first_frame])
+    decoder = ClipDecoder(H, W)
+    try:
+        # Every start, including those before the first keyframe the edit list keeps.
+        for start in [*range(0, 12), *range(12, info.frames - 8, 7)]:
+            frames = sampler.clip_frames(start, info.frames, 8, 1)
+            out = np.zeros((8, H, W, 3), np.uint8)
+            key_pts, key_dts = info.seek_target(frames[0])
+            decoder.decode_into(str(cut), key_pts, key_dts,
+                                [int(info.frame_pts[f]) for f in frames], out)
+            np.testing.assert_array_equal(out, reference[frames], err_msg=f"start {start}")
+    finally:
+        decoder.close()
