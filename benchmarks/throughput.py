@@ -174,18 +174,19 @@ def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
         with serving(manifest_path, f"bench-throughput-{os.getpid()}", batch_size=BATCH_SIZE,
                      clip_length=CLIP_LENGTH, width=WIDTH, height=HEIGHT, workers=workers,
                      slots=VIDRING_SLOTS, seed=seed, log_path=Path(scratch) / "daemon.log",
-                     extra=["--sampler", sampling.sampler]) as dataset:
+                     extra=["--sampler", sampling.sampler,
+                            "--clips-per-video", str(sampling.clips_per_video)]) as dataset:
             indices = indices_across_epochs(dataset)
             for _ in range(VIDRING_WARMUP_BATCHES):
-                x, y = dataset[next(indices)]
-                del x, y
+                batch = dataset[next(indices)]
+                del batch
             watch = Stopwatch()
             watch.start()
             clips = 0
             for _ in range(n_batches):
-                x, y = dataset[next(indices)]
-                clips += len(x)
-                del x, y
+                batch = dataset[next(indices)]  # (x, y) or, evaluating, (x, y, weight)
+                clips += len(batch[0])
+                del batch
             wall_s, cpu_s = watch.stop()
     return Result("vidring", clips, wall_s, cpu_s, f"{workers} workers")
 
@@ -219,8 +220,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="length of each video")
     parser.add_argument("--loaders", default=",".join(LOADERS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sampler", default="random", choices=["random", "random_keyframe"],
+    parser.add_argument("--sampler", default="random",
+                        choices=["random", "random_keyframe", "uniform"],
                         help="where clips start (every loader decodes the same clips)")
+    parser.add_argument("--clips-per-video", type=int, default=1,
+                        help="with uniform: clips of a video side by side in a batch, which "
+                             "vidring decodes in one pass where one reaches them")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     loaders = args.loaders.split(",")
@@ -236,7 +241,8 @@ def main() -> None:
     # One clip per manifest row per epoch: list the videos cyclically so that one epoch
     # covers vidring's warm-up and timed batches.
     n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
-    sampling = sampler.Sampling(CLIP_LENGTH, sampler=args.sampler)
+    sampling = sampler.Sampling(CLIP_LENGTH, sampler=args.sampler,
+                                clips_per_video=args.clips_per_video)
     warmup, *batches = vidring_plan(
         videos, n_rows, args.seed,
         range(VIDRING_WARMUP_BATCHES - 1, VIDRING_WARMUP_BATCHES + n_batches), sampling)

@@ -26,7 +26,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
 # swscale's area filter: antialiased when shrinking (the usual case: 640x360 -> 112x112,
 # like cv2.INTER_AREA), bilinear when growing, and cheaper than its bilinear (0.13 vs
@@ -112,11 +112,22 @@ class ClipDecoder:
         first of them.  Repeated timestamps (a short video's last frame) are
         decoded once and copied.
         """
-        if out.shape[0] != len(frame_pts) or out.shape[1:] != (self.height, self.width, 3):
-            raise ValueError(f"out has shape {out.shape}, clip needs "
-                             f"({len(frame_pts)}, {self.height}, {self.width}, 3)")
+        if out.shape[0] != len(frame_pts):
+            raise ValueError(f"out has {out.shape[0]} frames, the clip {len(frame_pts)}")
+        self.decode_frames(path, key_pts, key_dts, frame_pts, list(out))
+
+    def decode_frames(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
+                      outs: Sequence[np.ndarray]) -> None:
+        """Write the frame with timestamp frame_pts[k] into outs[k] (an (H, W, 3) array), for
+        every k: one forward pass from the keyframe, for one clip or several of a video."""
+        if len(outs) != len(frame_pts):
+            raise ValueError(f"{len(outs)} places for {len(frame_pts)} frames")
+        for out in outs:
+            if out.shape != (self.height, self.width, 3):
+                raise ValueError(f"a frame's place has shape {out.shape}, frames are "
+                                 f"({self.height}, {self.width}, 3)")
         try:
-            self._decode(path, key_pts, key_dts, frame_pts, out)
+            self._decode(path, key_pts, key_dts, frame_pts, outs)
         except DecodeError:
             self._forget(path)
             raise
@@ -146,7 +157,7 @@ class ClipDecoder:
         return stream, packets
 
     def _decode(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
-                out: np.ndarray) -> None:
+                out: Sequence[np.ndarray]) -> None:
         stream, packets = self._packets_from_key(path, key_pts, key_dts)
         ctx = stream.codec_context
         targets: dict[int, list[int]] = {}
@@ -188,8 +199,8 @@ class ClipDecoder:
             f"{missing[0]}): truncated or corrupt"
         )
 
-    def _take(self, path: str, frames: Any, targets: dict[int, list[int]], out: np.ndarray,
-              last_pts: int) -> None:
+    def _take(self, path: str, frames: Any, targets: dict[int, list[int]],
+              out: Sequence[np.ndarray], last_pts: int) -> None:
         for frame in frames:
             positions = targets.pop(frame.pts, None)
             if positions is not None:
@@ -199,14 +210,14 @@ class ClipDecoder:
                 # so fail now instead of decoding to the end of the file.
                 self._missing(path, targets, len(out))
 
-    def _write(self, frame: Any, out: np.ndarray, positions: list[int]) -> None:
+    def _write(self, frame: Any, out: Sequence[np.ndarray], positions: list[int]) -> None:
         rgb = self._reformatter.reformat(frame, width=self.width, height=self.height,
                                          format="rgb24", interpolation=INTERPOLATION, threads=1)
         plane = rgb.planes[0]
         rows = np.frombuffer(memoryview(plane), np.uint8).reshape(self.height, plane.line_size)
         pixels = rows[:, : self.width * 3].reshape(self.height, self.width, 3)
         first = out[positions[0]]
-        if out.dtype == np.uint8:
+        if first.dtype == np.uint8:
             np.copyto(first, pixels)
         else:
             np.multiply(pixels, np.float32(1.0 / 255.0), out=first, casting="unsafe")

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import zmq
 
-from vidring.daemon.tasks import Task
+from vidring.daemon.tasks import Job
 from vidring.loader import protocol
 from vidring.loader.status import WorkerCounts
 
@@ -91,9 +91,9 @@ Starter = Callable[[bytes], Process]
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A task handed back by the pool: done (error == "") or failed with its reason."""
+    """A job handed back by the pool: done (error == "") or failed with its reason."""
 
-    task: Task
+    job: Job
     error: str
 
 
@@ -106,7 +106,7 @@ class Worker:
     started_at: float = 0.0
     failed_starts: int = 0  # in a row; reset when one becomes ready
     start_failed: bool = False  # STOPPING: killed for not becoming ready
-    task: Task | None = None
+    task: Job | None = None  # the job it decodes
     task_started: float = 0.0
     deadline: float = _NEVER  # STARTING: ready by; STOPPING: next signal; BACKOFF: start at
     signals_sent: int = 0  # STOPPING: 0 worker_stop only, 1 SIGTERM, 2 SIGKILL
@@ -168,8 +168,8 @@ class WorkerPool:
                 worker.deadline = now
         return previous
 
-    def assign(self, worker: Worker, task: Task, payload: bytes) -> None:
-        """Send an IDLE worker its task (`payload`, an encoded protocol.Task)."""
+    def assign(self, worker: Worker, task: Job, payload: bytes) -> None:
+        """Send an IDLE worker its job (`payload`, an encoded protocol.Task)."""
         assert worker.state == WorkerState.IDLE, worker
         self.socket.send_multipart([worker.identity, payload])
         worker.state = WorkerState.BUSY  # IDLE -> BUSY

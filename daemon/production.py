@@ -14,7 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
+from vidring.daemon.tasks import Job, PlanSettings, Task, TaskQueue, one_pass
 from vidring.loader import protocol
 
 if TYPE_CHECKING:
@@ -55,30 +55,42 @@ class Production:
         self.tasks.add_batch(slot, key)
 
     def dispatch(self, pool: WorkerPool) -> None:
-        """Hand queued clips to the pool's idle workers."""
+        """Hand queued clips to the pool's idle workers; clips of one video in one slot
+        that a single forward pass reaches go to one worker together."""
         for worker in pool.idle():
             task = self.tasks.pop()
             if task is None:
                 return
-            pool.assign(worker, task, self._message(task))
+            job = Job((task, *self.tasks.take_mates(task, self._reach)))
+            pool.assign(worker, job, self._message(job))
 
-    def _message(self, task: Task) -> bytes:
-        info = self._infos[task.choice.video_index]
+    def _reach(self, first: Task, others: list[Task]) -> list[Task]:
+        info = self._infos[first.choice.video_index]
         assert info is not None, "a video that failed to probe is quarantined"
-        frames = task.choice.frames
-        key_pts, key_dts = info.seek_target(frames[0])
-        return protocol.encode(protocol.Task(
-            task_id=task.task_id, slot=task.slot, position=task.position,
-            path=self._paths[task.choice.video_index],
-            frame_pts=[int(info.frame_pts[i]) for i in frames], key_pts=key_pts,
-            key_dts=key_dts))
+        return one_pass(first, others, info.keyframe_before)
 
-    def finished(self, result: Finished) -> tuple[int, int] | None:
-        """Record a task's outcome; returns (slot, position) when its clip is in place."""
-        task = result.task
+    def _message(self, job: Job) -> bytes:
+        first = job.tasks[0]
+        info = self._infos[first.choice.video_index]
+        assert info is not None, "a video that failed to probe is quarantined"
+        start = min(t.choice.frames[0] for t in job.tasks)
+        key_pts, key_dts = info.seek_target(start)
+        return protocol.encode(protocol.Task(
+            task_id=job.task_id, slot=first.slot, path=self._paths[first.choice.video_index],
+            clips=[protocol.Clip(position=t.position,
+                                 frame_pts=[int(info.frame_pts[i]) for i in t.choice.frames])
+                   for t in job.tasks],
+            key_pts=key_pts, key_dts=key_dts))
+
+    def finished(self, result: Finished) -> list[tuple[int, int]]:
+        """Record a job's outcome; returns the (slot, position) of each clip now in place."""
         if result.error:
-            self.tasks.failed(task, result.error)
-            return None
+            for task in result.job.tasks:
+                self.tasks.failed(task, result.error)
+            return []
+        return [self._clip_done(task) for task in result.job.tasks]
+
+    def _clip_done(self, task: Task) -> tuple[int, int]:
         choice = task.choice
         replaced = choice.video_index != choice.planned_index
         views = self._ring.views(task.slot)

@@ -135,9 +135,8 @@ class Daemon:
 
     def _finish(self, results: list[Any]) -> None:
         for result in results:
-            done = self.production.finished(result)
-            if done is not None:
-                self.sched.clip_done(*done)
+            for slot, position in self.production.finished(result):
+                self.sched.clip_done(slot, position)
 
     # -- commands -------------------------------------------------------------------
 

@@ -47,6 +47,32 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
+class Job:
+    """What one worker decodes at a time: clips of one video in one slot that one forward
+    pass from one keyframe reaches (usually a single clip)."""
+
+    tasks: tuple[Task, ...]
+
+    @property
+    def task_id(self) -> int:
+        return self.tasks[0].task_id
+
+
+def one_pass(first: Task, others: list[Task], keyframe_before: Callable[[int], int]) -> list[Task]:
+    """The tasks of `others` that decoding on from `first` reaches without a seek: each
+    starts after `first` and decodes from a keyframe the pass has reached anyway.  Pure."""
+    joined: list[Task] = []
+    last = max(first.choice.frames)
+    later = [t for t in others if t.choice.frames[0] >= first.choice.frames[0]]
+    for task in sorted(later, key=lambda t: t.choice.frames[0]):
+        if keyframe_before(task.choice.frames[0]) > last:
+            break  # a seek would skip frames: leave it to another worker
+        joined.append(task)
+        last = max(last, *task.choice.frames)
+    return joined
+
+
+@dataclass(frozen=True, slots=True)
 class PlanSettings:
     """What the epoch plan depends on besides (epoch, batch)."""
 
@@ -95,6 +121,18 @@ class TaskQueue:
                 return task
             self._put(task, front=True)  # quarantined since it was queued: a stand-in
         return None
+
+    def take_mates(self, first: Task,
+                   reach: Callable[[Task, list[Task]], list[Task]]) -> list[Task]:
+        """Queued tasks of `first`'s video and slot that `reach` says one pass decodes."""
+        mates = [t for t in self._queue if t.slot == first.slot
+                 and t.choice.video_index == first.choice.video_index]
+        if not mates:
+            return []
+        joined = reach(first, mates)
+        taken = {id(t) for t in joined}
+        self._queue = collections.deque(t for t in self._queue if id(t) not in taken)
+        return joined
 
     def failed(self, task: Task, reason: str) -> None:
         delay_s = self._faults.clip_failed(task.choice.video_index, reason)

@@ -73,8 +73,11 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
 def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Task) -> bytes:
     error = ""
     try:
-        out = ring.sample_array(task.slot, task.position)
-        decoder.decode_into(task.path, task.key_pts, task.key_dts, task.frame_pts, out)
+        # Each clip frame's place in the slot, in the order of the timestamps.
+        outs = [frame for clip in task.clips
+                for frame in ring.sample_array(task.slot, clip.position)]
+        frame_pts = [pts for clip in task.clips for pts in clip.frame_pts]
+        decoder.decode_frames(task.path, task.key_pts, task.key_dts, frame_pts, outs)
     except DecodeError as exc:
         error = f"in decoder worker {identity}: {exc}"
     except Exception as exc:

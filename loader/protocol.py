@@ -133,12 +133,18 @@ class Status(Request, tag="status"):
 # -- daemon <-> decoder workers ---------------------------------------------------
 
 
+class Clip(msgspec.Struct, forbid_unknown_fields=True):
+    position: int  # its place in the slot
+    frame_pts: list[int]  # its frames' timestamps, in order
+
+
 class Task(Message, tag="task"):
+    """Clips of one video for one slot, decoded in one pass from one keyframe."""
+
     task_id: int
     slot: int
-    position: int
     path: str
-    frame_pts: list[int]
+    clips: list[Clip]
     key_pts: int
     key_dts: int
 

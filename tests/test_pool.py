@@ -14,7 +14,7 @@ from tests.support import FakeClock
 from vidring.daemon import pool as pool_mod
 from vidring.daemon.pool import Finished, WorkerPool, WorkerState
 from vidring.daemon.sampler import ClipChoice
-from vidring.daemon.tasks import Task
+from vidring.daemon.tasks import Job, Task
 from vidring.loader import protocol
 
 
@@ -84,13 +84,15 @@ class Harness:
         return self.pool.reconcile()
 
 
-def _task(task_id: int = 1) -> Task:
-    return Task(task_id, slot=0, position=0, key=(0, 0), choice=ClipChoice(0, 0, 0, 0))
+def _task(task_id: int = 1) -> Job:
+    clip = ClipChoice(0, 0, 0, (0,))
+    return Job((Task(task_id, slot=0, position=0, key=(0, 0), choice=clip),))
 
 
-def _payload(task: Task) -> bytes:
-    return protocol.encode(protocol.Task(task_id=task.task_id, slot=0, position=0, path="v.mp4",
-                                         frame_pts=[0], key_pts=0, key_dts=0))
+def _payload(job: Job) -> bytes:
+    return protocol.encode(protocol.Task(
+        task_id=job.task_id, slot=0, path="v.mp4",
+        clips=[protocol.Clip(position=0, frame_pts=[0])], key_pts=0, key_dts=0))
 
 
 def test_workers_start_become_idle_and_take_tasks() -> None:
@@ -218,7 +220,7 @@ def test_a_stalled_decode_is_killed_its_task_handed_back_and_the_worker_replaced
     h.pool.assign(worker, task, _payload(task))
     assert h.tick(9.0) == []
     lost = h.tick(1.5)
-    assert [f.task for f in lost] == [task]
+    assert [f.job for f in lost] == [task]
     assert "stalled for over 10 s" in lost[0].error
     assert h.procs[0].signals == [signal.SIGKILL]
     assert h.pool.counts().restarts == 1
@@ -247,7 +249,7 @@ def test_a_dead_busy_worker_hands_its_task_back() -> None:
     h.pool.assign(h.pool.workers()[0], task, _payload(task))
     h.procs[0].returncode = -11
     lost = h.tick(1.0)
-    assert [f.task for f in lost] == [task]
+    assert [f.job for f in lost] == [task]
     assert "exit code -11" in lost[0].error
 
 
@@ -350,7 +352,7 @@ def test_a_stalled_worker_being_scaled_down_is_not_replaced() -> None:
     h.pool.set_target(0)
     h.tick()
     lost = h.tick(11)
-    assert [f.task for f in lost] == [task]
+    assert [f.job for f in lost] == [task]
     assert h.procs[0].signals == [signal.SIGKILL]
     h.tick(0.1)
     assert h.pool.workers() == []

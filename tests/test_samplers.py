@@ -226,3 +226,30 @@ def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
                     np.testing.assert_array_equal(
                         b.x[pos], refs[clip.video_index][list(clip.frames)])
             ds.set_epoch(ds.epoch + 1)
+
+
+def test_clips_of_one_video_decoded_in_one_pass_are_exact(daemons: Daemons,
+                                                          tmp_path: Path) -> None:
+    from vidring.daemon.demo import write_video
+
+    # One GOP a video: its three clips of a batch decode from the same keyframe, in one pass.
+    paths = []
+    for i in range(4):
+        path = tmp_path / f"g{i}.mp4"
+        write_video(path, video_frames(20 + i, 40), gop=64)
+        paths.append(path)
+    (tmp_path / "m.csv").write_text("".join(f"{p},{i}\n" for i, p in enumerate(paths)))
+    name = daemons.start(tmp_path / "m.csv", batch_size=3, workers=2, slots=2,
+                         extra=["--sampler", "uniform", "--clips-per-video", "3"])
+    infos = [probe(p) for p in paths]
+    refs = [reference_decode(p, *SIZE) for p in paths]
+    sampling = sampler.Sampling(CLIP, sampler="uniform", clips_per_video=3)
+    with ClipDataset(name) as ds:
+        for i in range(len(ds)):
+            b = ds.batch(i)
+            plan = sampler.plan_batch(np.array([info.frames for info in infos]), seed=0,
+                                      epoch=0, batch=b.plan_batch, batch_size=3,
+                                      sampling=sampling)
+            assert len({c.video_index for c in plan}) == 1  # one video's three clips
+            for pos, clip in enumerate(plan):
+                np.testing.assert_array_equal(b.x[pos], refs[clip.video_index][list(clip.frames)])

@@ -6,8 +6,8 @@ import numpy as np
 
 from tests.support import FakeClock
 from vidring.daemon.faults import MAX_FAILURES_IN_A_ROW, FaultLedger
-from vidring.daemon.sampler import Sampling
-from vidring.daemon.tasks import PlanSettings, Task, TaskQueue
+from vidring.daemon.sampler import ClipChoice, Sampling
+from vidring.daemon.tasks import PlanSettings, Task, TaskQueue, one_pass
 
 N_VIDEOS = 8
 
@@ -106,3 +106,38 @@ def test_an_evaluation_stand_in_weighs_nothing() -> None:
     assert stand_in.choice.video_index != 1
     assert stand_in.choice.padding  # weight 0: metrics stay those of readable clips
     assert not any(t.choice.padding for t in tasks if t is not stand_in)
+
+
+def _clip_task(task_id: int, frames: tuple[int, ...], video: int = 0, slot: int = 0) -> Task:
+    return Task(task_id, slot, task_id, (0, 0), ClipChoice(task_id, video, video, frames))
+
+
+def test_one_pass_joins_clips_a_forward_decode_reaches_and_stops_at_a_seek() -> None:
+    keyframes = np.array([0, 50, 100])
+
+    def keyframe_before(frame: int) -> int:
+        return int(keyframes[np.searchsorted(keyframes, frame, side="right") - 1])
+
+    first = _clip_task(1, (10, 11, 12, 13))
+    near = _clip_task(2, (30, 31, 32, 33))  # decodes from keyframe 0: on the way
+    chained = _clip_task(3, (52, 53, 54, 55))  # keyframe 50 <= 33? no: would need a seek
+    assert one_pass(first, [chained, near], keyframe_before) == [near]
+    long_first = _clip_task(4, (40, 45, 50, 55))  # the pass has passed keyframe 50
+    assert one_pass(long_first, [chained], keyframe_before) == [chained]
+
+
+def test_mates_are_taken_only_from_the_same_video_and_slot() -> None:
+    queue, _, _ = _queue()
+    queue.add_batch(0, (0, 0))
+    first = queue.pop()
+    assert first is not None
+    others = len(queue)
+    mates = queue.take_mates(first, lambda _first, candidates: candidates)
+    assert all(t.choice.video_index == first.choice.video_index for t in mates)
+    assert len(queue) == others - len(mates)
+
+
+def test_one_pass_never_extends_backwards() -> None:
+    first = _clip_task(1, (200, 201, 202, 203))
+    earlier = _clip_task(2, (5, 6, 7, 8))  # its own keyframe 0 is before the pass
+    assert one_pass(first, [earlier], lambda frame: 0 if frame < 100 else 100) == []
