@@ -190,23 +190,24 @@ def _write_timed(path: Path, frames: np.ndarray, times_ms: list[int]) -> None:
         container.mux(stream.encode())
 
 
+@pytest.mark.parametrize("kind", ["random", "random_keyframe", "uniform"])
 def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
-        daemons: Daemons, tmp_path: Path) -> None:
+        kind: str, daemons: Daemons, tmp_path: Path) -> None:
     vfr_ms = list(np.cumsum([0] + [20 if i % 3 else 70 for i in range(1, 45)]))
     timings = {"24fps": [round(i * 1000 / 24) for i in range(48)],
                "30fps": [round(i * 1000 / 30) for i in range(60)], "vfr": vfr_ms}
     paths = []
-    for k, (kind, times_ms) in enumerate(timings.items()):
-        path = tmp_path / f"{kind}.mp4"
+    for k, (rate, times_ms) in enumerate(timings.items()):
+        path = tmp_path / f"{rate}.mp4"
         _write_timed(path, video_frames(k, len(times_ms)), [int(t) for t in times_ms])
         paths.append(path)
     rows = [f"{p},{i % 3}" for i, p in enumerate(paths * 2)]
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     name = daemons.start(tmp_path / "m.csv", batch_size=3, workers=2, slots=3, seed=2,
-                         clip_length=4, extra=["--fps", "6"])  # 4 frames span 0.5 s
+                         clip_length=4, extra=["--fps", "6", "--sampler", kind])  # 0.5 s
     infos = [probe(p) for p in paths * 2]
     refs = [reference_decode(p, *SIZE) for p in paths * 2]
-    sampling = sampler.Sampling(4, fps=6.0)
+    sampling = sampler.Sampling(4, sampler=kind, fps=6.0)
     with ClipDataset(name) as ds:
         for _ in range(3):
             for i in range(len(ds)):
@@ -214,7 +215,8 @@ def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
                 plan = sampler.plan_batch(
                     np.array([info.frames for info in infos]), seed=2, epoch=b.epoch,
                     batch=b.plan_batch, batch_size=3, sampling=sampling,
-                    times=[info.seconds() for info in infos])
+                    times=[info.seconds() for info in infos],
+                    keyframes=[info.keyframe_indices for info in infos])
                 for pos, clip in enumerate(plan):
                     # Frame k is the last one presented at or before start + k / 6 s.
                     seconds = infos[clip.video_index].seconds()
