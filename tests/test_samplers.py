@@ -25,8 +25,10 @@ SAMPLINGS = {
     "segments": (["--sampler", "segments"], sampler.Sampling(CLIP, 1, "segments")),
     "segments-eval": (["--sampler", "segments", "--evaluation"],
                       sampler.Sampling(CLIP, 1, "segments", evaluation=True)),
-    "random_keyframe": (["--sampler", "random_keyframe"],
-                        sampler.Sampling(CLIP, 1, "random_keyframe")),
+    "random_keyframe-stride2": (["--sampler", "random_keyframe", "--stride", "2"],
+                                sampler.Sampling(CLIP, 2, "random_keyframe")),
+    "uniform-stride2": (["--sampler", "uniform", "--stride", "2"],
+                        sampler.Sampling(CLIP, 2, "uniform")),
     # Video 5 has 3 frames, fewer than a clip: its clips start over instead of repeating.
     "random-wrap": (["--short-policy", "wrap"], sampler.Sampling(CLIP, short="wrap")),
 }
