@@ -318,13 +318,15 @@ class WorkerPool:
         lost = []
         for worker in self._workers.values():
             task = worker.task
-            if task is None or now - worker.task_started <= self._task_timeout_s:
+            # --task-timeout-s is per clip; a job decodes several in one pass.
+            timeout_s = self._task_timeout_s * (0 if task is None else len(task.tasks))
+            if task is None or now - worker.task_started <= timeout_s:
                 continue
             worker.task = None
             worker.respawn = worker.state == WorkerState.BUSY  # not if it was scaled down
             self._signal(worker, signal.SIGKILL, now)  # BUSY/STOPPING -> STOPPING (killed)
             self.restarts += 1
-            lost.append(Finished(task, f"decode stalled for over {self._task_timeout_s:g} s; "
+            lost.append(Finished(task, f"decode stalled for over {timeout_s:g} s; "
                                        f"worker {worker.worker_id} killed"))
         return lost
 

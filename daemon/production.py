@@ -85,8 +85,7 @@ class Production:
     def finished(self, result: Finished) -> list[tuple[int, int]]:
         """Record a job's outcome; returns the (slot, position) of each clip now in place."""
         if result.error:
-            for task in result.job.tasks:
-                self.tasks.failed(task, result.error)
+            self.tasks.job_failed(result.job.tasks, result.error)
             return []
         return [self._clip_done(task) for task in result.job.tasks]
 

@@ -28,13 +28,14 @@ from vidring.daemon import sampler
 from vidring.daemon.schedule import Key
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from vidring.daemon.faults import FaultLedger
 
 log = logging.getLogger("vidring.daemon")
 
 _MAX_REPLACEMENTS = 64  # attempts to find a good stand-in for one sample
+MAX_CLIPS_PER_JOB = 4
 
 
 @dataclass(slots=True)
@@ -60,12 +61,13 @@ class Job:
 
 def one_pass(first: Task, others: list[Task], keyframe_before: Callable[[int], int]) -> list[Task]:
     """The tasks of `others` that decoding on from `first` reaches without a seek: each
-    starts after `first` and decodes from a keyframe the pass has reached anyway.  Pure."""
+    starts after `first` and decodes from a keyframe the pass has reached anyway; at most
+    MAX_CLIPS_PER_JOB clips in all, so one video does not hold one core too long.  Pure."""
     joined: list[Task] = []
     last = max(first.choice.frames)
     later = [t for t in others if t.choice.frames[0] >= first.choice.frames[0]]
     for task in sorted(later, key=lambda t: t.choice.frames[0]):
-        if keyframe_before(task.choice.frames[0]) > last:
+        if len(joined) + 1 >= MAX_CLIPS_PER_JOB or keyframe_before(task.choice.frames[0]) > last:
             break  # a seek would skip frames: leave it to another worker
         joined.append(task)
         last = max(last, *task.choice.frames)
@@ -135,11 +137,16 @@ class TaskQueue:
         return joined
 
     def failed(self, task: Task, reason: str) -> None:
-        delay_s = self._faults.clip_failed(task.choice.video_index, reason)
-        if delay_s is None:
-            self._put(task, front=True)  # quarantined: _put picks a stand-in
-        else:
-            self._retries.append((self._clock() + delay_s, task))
+        self.job_failed((task,), reason)
+
+    def job_failed(self, tasks: Sequence[Task], reason: str) -> None:
+        """Clips of one video that failed together: one failure of that video."""
+        delay_s = self._faults.clip_failed(tasks[0].choice.video_index, reason)
+        for task in tasks:
+            if delay_s is None:
+                self._put(task, front=True)  # quarantined: _put picks a stand-in
+            else:
+                self._retries.append((self._clock() + delay_s, task))
 
     def _requeue_due(self) -> None:
         if not self._retries:

@@ -123,3 +123,21 @@ def test_probe_many_in_processes_matches_probe(tmp_path: Path, video_dir: Path) 
     assert "bad.mp4" in results[-2]
     assert "No such file" in results[-1]
     assert len(list((tmp_path / "cache").iterdir())) == 32  # failures are not cached
+
+
+def test_several_clips_decode_in_one_pass_into_their_own_places(video_dir: Path) -> None:
+    path = video_dir / "v12.mp4"
+    info = probe(path)
+    reference = reference_decode(path, H, W)
+    clips = [[2, 3, 4], [3, 4, 5, 5], [9, 10, info.frames - 1]]  # overlapping, repeated
+    outs = [np.zeros((len(c), H, W, 3), np.uint8) for c in clips]
+    frame_pts = [int(info.frame_pts[f]) for c in clips for f in c]
+    key_pts, key_dts = info.seek_target(2)
+    decoder = ClipDecoder(H, W)
+    try:
+        decoder.decode_frames(str(path), key_pts, key_dts, frame_pts,
+                              [frame for out in outs for frame in out])
+    finally:
+        decoder.close()
+    for clip, out in zip(clips, outs, strict=True):
+        np.testing.assert_array_equal(out, reference[clip])

@@ -7,7 +7,7 @@ import numpy as np
 from tests.support import FakeClock
 from vidring.daemon.faults import MAX_FAILURES_IN_A_ROW, FaultLedger
 from vidring.daemon.sampler import ClipChoice, Sampling
-from vidring.daemon.tasks import PlanSettings, Task, TaskQueue, one_pass
+from vidring.daemon.tasks import MAX_CLIPS_PER_JOB, PlanSettings, Task, TaskQueue, one_pass
 
 N_VIDEOS = 8
 
@@ -141,3 +141,19 @@ def test_one_pass_never_extends_backwards() -> None:
     first = _clip_task(1, (200, 201, 202, 203))
     earlier = _clip_task(2, (5, 6, 7, 8))  # its own keyframe 0 is before the pass
     assert one_pass(first, [earlier], lambda frame: 0 if frame < 100 else 100) == []
+
+
+def test_a_failed_job_counts_once_against_its_video() -> None:
+    queue, faults, clock = _queue(retry_delay_s=2.0)
+    tasks = [_clip_task(i, (i * 5, i * 5 + 1), video=3) for i in range(3)]
+    queue.job_failed(tasks, "decode stalled")
+    assert faults.error_count == 1
+    assert 3 not in faults.quarantine
+    clock.now = 2.0
+    assert {t.task_id for t in _drain(queue)} == {0, 1, 2}  # all retried together
+
+
+def test_a_job_holds_at_most_max_clips() -> None:
+    first = _clip_task(0, (0, 1))
+    others = [_clip_task(i, (i, i + 1)) for i in range(1, 9)]
+    assert len(one_pass(first, others, lambda _frame: 0)) == MAX_CLIPS_PER_JOB - 1
