@@ -18,7 +18,7 @@ import psutil
 
 from vidring.daemon.decode import INTERPOLATION
 from vidring.daemon.launch import start_daemon, stop_daemon
-from vidring.loader import Client
+from vidring.loader import Client, ClipDataset
 from vidring.loader.ring import segment_name
 
 if TYPE_CHECKING:
@@ -150,6 +150,17 @@ class Daemons:
 def status(name: str) -> StatusRecord:
     with Client(name, timeout_s=5, heartbeat=False) as client:
         return client.status()
+
+
+def epoch_bytes(ds: ClipDataset) -> list[tuple[bytes, bytes, bytes]]:
+    """The bytes of x, y and provenance of every batch of the current epoch, in index
+    order; then the dataset moves on to the next epoch."""
+    out = []
+    for i in range(len(ds)):
+        b = ds.batch(i)
+        out.append((b.x.tobytes(), b.y.tobytes(), b.provenance.tobytes()))
+    ds.set_epoch(ds.epoch + 1)
+    return out
 
 
 def cli(*args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:

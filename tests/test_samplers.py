@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode, video_frames
+from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, epoch_bytes, reference_decode, video_frames
 from vidring.daemon import sampler
 from vidring.daemon.probe import probe
 from vidring.loader import ClipDataset
@@ -32,15 +32,6 @@ SAMPLINGS = {
     # Video 5 has 3 frames, fewer than a clip: its clips start over instead of repeating.
     "random-wrap": (["--short-policy", "wrap"], sampler.Sampling(CLIP, short="wrap")),
 }
-
-
-def _epoch(ds: ClipDataset) -> list[tuple[bytes, bytes, bytes]]:
-    out = []
-    for i in range(len(ds)):
-        b = ds.batch(i)
-        out.append((b.x.tobytes(), b.y.tobytes(), b.provenance.tobytes()))
-    ds.set_epoch(ds.epoch + 1)
-    return out
 
 
 @pytest.mark.parametrize("kind", list(SAMPLINGS))
@@ -77,7 +68,7 @@ def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons
             else:  # whole batches, no video more often than its clips
                 assert len(served) == len(ds) * 4
                 assert max(served.count(v) for v in set(served)) <= per_video
-            ds.set_epoch(epoch + 1)
+            ds.setepoch_bytes(epoch + 1)
 
 
 @pytest.mark.parametrize("kind", list(SAMPLINGS))
@@ -87,7 +78,7 @@ def test_the_same_bytes_with_one_or_three_workers(kind: str, daemons: Daemons,
     one = daemons.start(manifest, batch_size=4, workers=1, slots=2, seed=5, extra=args)
     three = daemons.start(manifest, batch_size=4, workers=3, slots=4, seed=5, extra=args)
     with ClipDataset(one) as a, ClipDataset(three) as b:
-        assert _epoch(a) + _epoch(a) == _epoch(b) + _epoch(b)
+        assert epoch_bytes(a) + epoch_bytes(a) == epoch_bytes(b) + epoch_bytes(b)
 
 
 @pytest.mark.slow
@@ -139,7 +130,7 @@ def test_short_videos_can_be_left_out_and_are_reported(daemons: Daemons,
 
 def _batches(ds: ClipDataset) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     out = [(b.x, b.y, b.provenance) for b in (ds.batch(i) for i in range(len(ds)))]
-    ds.set_epoch(ds.epoch + 1)
+    ds.setepoch_bytes(ds.epoch + 1)
     return out
 
 
@@ -167,7 +158,7 @@ def test_start_and_end_bound_every_clip_to_its_segment(daemons: Daemons, video_d
                     starts.add(start)
             assert len(files) - 1 not in videos  # the row whose segment holds no frame
             assert len(videos) == len(set(videos)) == len(ds) * 3
-            ds.set_epoch(ds.epoch + 1)
+            ds.setepoch_bytes(ds.epoch + 1)
         assert len(starts) > 1  # random within the segment, not pinned to its start
         st = ds.status()
     assert st.errors.quarantined == 1
@@ -229,7 +220,7 @@ def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
                         assert f + 1 == len(seconds) or seconds[f + 1] > target + 1e-6
                     np.testing.assert_array_equal(
                         b.x[pos], refs[clip.video_index][list(clip.frames)])
-            ds.set_epoch(ds.epoch + 1)
+            ds.setepoch_bytes(ds.epoch + 1)
 
 
 def test_clips_of_one_video_decoded_in_one_pass_are_exact(daemons: Daemons,

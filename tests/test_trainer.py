@@ -15,22 +15,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from tests.support import CLIP, N_VIDEOS, SIZE, Daemons, reference_decode, status, wait_until
+from tests.support import (
+    CLIP,
+    N_VIDEOS,
+    SIZE,
+    Daemons,
+    epoch_bytes,
+    reference_decode,
+    status,
+    wait_until,
+)
 from vidring.daemon import sampler
 from vidring.loader import ClipDataset, DaemonUnavailable, RingExhausted
 from vidring.loader.ring import segment_name
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def _epoch_bytes(ds: ClipDataset) -> list[tuple[bytes, bytes, bytes]]:
-    out = []
-    for i in range(len(ds)):
-        b = ds.batch(i)
-        out.append((b.x.tobytes(), b.y.tobytes(), b.provenance.tobytes()))
-    ds.set_epoch(ds.epoch + 1)
-    return out
 
 
 def _mapping_of_address(address: int) -> str:
@@ -137,7 +137,7 @@ def test_same_seed_same_bytes_whatever_the_worker_count(daemons: Daemons, manife
     epochs = {}
     for name in (one, three, other):
         with ClipDataset(name) as ds:
-            epochs[name] = _epoch_bytes(ds) + _epoch_bytes(ds)
+            epochs[name] = epoch_bytes(ds) + epoch_bytes(ds)
     assert epochs[one] == epochs[three]
     assert epochs[one][0] != epochs[one][N_VIDEOS // 4]  # epoch 0 and 1 differ
     assert epochs[other] != epochs[one]
