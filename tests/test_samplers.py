@@ -68,7 +68,7 @@ def test_every_clip_is_the_planned_frames_byte_exact(kind: str, daemons: Daemons
             else:  # whole batches, no video more often than its clips
                 assert len(served) == len(ds) * 4
                 assert max(served.count(v) for v in set(served)) <= per_video
-            ds.setepoch_bytes(epoch + 1)
+            ds.set_epoch(epoch + 1)
 
 
 @pytest.mark.parametrize("kind", list(SAMPLINGS))
@@ -130,7 +130,7 @@ def test_short_videos_can_be_left_out_and_are_reported(daemons: Daemons,
 
 def _batches(ds: ClipDataset) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     out = [(b.x, b.y, b.provenance) for b in (ds.batch(i) for i in range(len(ds)))]
-    ds.setepoch_bytes(ds.epoch + 1)
+    ds.set_epoch(ds.epoch + 1)
     return out
 
 
@@ -158,7 +158,7 @@ def test_start_and_end_bound_every_clip_to_its_segment(daemons: Daemons, video_d
                     starts.add(start)
             assert len(files) - 1 not in videos  # the row whose segment holds no frame
             assert len(videos) == len(set(videos)) == len(ds) * 3
-            ds.setepoch_bytes(ds.epoch + 1)
+            ds.set_epoch(ds.epoch + 1)
         assert len(starts) > 1  # random within the segment, not pinned to its start
         st = ds.status()
     assert st.errors.quarantined == 1
@@ -220,7 +220,7 @@ def test_fps_takes_frames_by_timestamp_at_24_30_and_variable_rates(
                         assert f + 1 == len(seconds) or seconds[f + 1] > target + 1e-6
                     np.testing.assert_array_equal(
                         b.x[pos], refs[clip.video_index][list(clip.frames)])
-            ds.setepoch_bytes(ds.epoch + 1)
+            ds.set_epoch(ds.epoch + 1)
 
 
 def test_clips_of_one_video_decoded_in_one_pass_are_exact(daemons: Daemons,
