@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 
 
 class Recording(ClipDataset):
-    """Labels of every batch read inside a Keras epoch, per plan epoch and batch."""
+    """The provenance (video, start frame) of every batch read inside a Keras epoch (not
+    the tensor-spec reads before one), per plan epoch and plan batch."""
 
     def __init__(self, name: str, **kwargs: Any) -> None:
         super().__init__(name, **kwargs)
-        self.seen: dict[int, dict[int, list[int]]] = {}
+        self.seen: dict[int, dict[int, list[tuple[int, int]]]] = {}
         self.in_epoch = False
 
     def on_epoch_begin(self) -> None:
@@ -41,7 +42,8 @@ class Recording(ClipDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         b = self.batch(index)
         if self.in_epoch:
-            self.seen.setdefault(b.epoch, {})[b.plan_batch] = b.y.tolist()
+            rows = [(int(p["video_index"]), int(p["start_frame"])) for p in b.provenance]
+            self.seen.setdefault(b.epoch, {})[b.plan_batch] = rows
         return b.x, b.y
 
 

@@ -35,8 +35,8 @@ def _run(train: str, val: str, *args: str, env: dict[str, str] | None = None) ->
 def _assert_every_video_once_per_epoch(result: dict[str, Any], epochs: int) -> None:
     assert sorted(result["seen"]) == [str(e) for e in range(epochs)]
     for epoch, batches in result["seen"].items():
-        labels = sorted(v for lab in batches.values() for v in lab)
-        assert labels == list(range(N_VIDEOS)), f"epoch {epoch}"
+        videos = sorted(v for rows in batches.values() for v, _ in rows)
+        assert videos == list(range(N_VIDEOS)), f"epoch {epoch}"
 
 
 def _pipelines(daemons: Daemons, manifest: Path) -> tuple[str, str]:

@@ -7,40 +7,14 @@ from typing import TYPE_CHECKING, Any
 import keras
 import pytest
 
+from tests.backend_fit import Recording
 from tests.support import CLIP, N_VIDEOS, SIZE, Daemons
-from vidring.loader import ClipDataset
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import numpy as np
 
 pytestmark = pytest.mark.slow
-
-
-class Recording(ClipDataset):
-    """Keeps the provenance (video, start frame) of every batch read inside a Keras epoch
-    (not the tensor-spec reads before one), per plan epoch."""
-
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        self.seen: dict[int, dict[int, list[tuple[int, int]]]] = {}
-        self.in_epoch = False
-
-    def on_epoch_begin(self) -> None:
-        super().on_epoch_begin()
-        self.in_epoch = True
-
-    def on_epoch_end(self) -> None:
-        super().on_epoch_end()
-        self.in_epoch = False
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        b = self.batch(index)
-        if self.in_epoch:
-            rows = [(int(p["video_index"]), int(p["start_frame"])) for p in b.provenance]
-            self.seen.setdefault(b.epoch, {})[b.plan_batch] = rows
-        return b.x, b.y
 
 
 def _model() -> keras.Model:

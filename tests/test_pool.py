@@ -12,7 +12,7 @@ import zmq
 
 from tests.support import FakeClock
 from vidring.daemon import pool as pool_mod
-from vidring.daemon.pool import Finished, WorkerPool, WorkerState
+from vidring.daemon.pool import Finished, Worker, WorkerPool, WorkerState
 from vidring.daemon.sampler import ClipChoice
 from vidring.daemon.tasks import Job, Task
 from vidring.loader import protocol
@@ -73,6 +73,15 @@ class Harness:
         proc = FakeProcess(1000 + len(self.procs), self.obeys)
         self.procs.append(proc)
         return proc
+
+    def busy_worker(self, task_id: int = 1) -> tuple[Worker, Job]:
+        """The pool's first worker, started, ready and given a job."""
+        self.tick()
+        self.ready_all()
+        worker = self.pool.workers()[0]
+        job = _task(task_id)
+        self.pool.assign(worker, job, _payload(job))
+        return worker, job
 
     def ready_all(self) -> None:
         for w in self.pool.workers():
@@ -197,11 +206,7 @@ def test_a_stop_escalates_from_the_message_to_sigterm_to_sigkill() -> None:
 
 def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
     h = Harness(1)
-    h.tick()
-    h.ready_all()
-    worker = h.pool.workers()[0]
-    task = _task()
-    h.pool.assign(worker, task, _payload(task))
+    worker, task = h.busy_worker()
     h.pool.set_target(0)
     h.tick(5)
     assert worker.state == WorkerState.STOPPING
@@ -213,11 +218,7 @@ def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
 
 def test_a_stalled_decode_is_killed_its_task_handed_back_and_the_worker_replaced() -> None:
     h = Harness(1)
-    h.tick()
-    h.ready_all()
-    worker = h.pool.workers()[0]
-    task = _task(7)
-    h.pool.assign(worker, task, _payload(task))
+    worker, task = h.busy_worker(7)
     assert h.tick(9.0) == []
     lost = h.tick(1.5)
     assert [f.job for f in lost] == [task]
@@ -319,11 +320,7 @@ def test_a_starting_worker_scaled_down_gets_sigterm_then_sigkill() -> None:
 
 def test_a_busy_worker_scaled_down_is_escalated_after_its_clip() -> None:
     h = Harness(1)
-    h.tick()
-    h.ready_all()
-    worker = h.pool.workers()[0]
-    task = _task()
-    h.pool.assign(worker, task, _payload(task))
+    worker, _ = h.busy_worker()
     h.pool.set_target(0)
     h.tick(9)  # still decoding: no signal
     assert h.procs[0].signals == []
