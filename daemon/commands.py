@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 import msgspec
 
 from vidring.loader import protocol
-from vidring.loader.client import pid_namespace
+from vidring.loader.client import pid_namespace, same_pid_namespace
 
 if TYPE_CHECKING:
     import argparse
@@ -86,8 +86,8 @@ class Hello(Command[protocol.Hello]):
     def handle(self, daemon: Daemon, identity: bytes, req: protocol.Hello) -> Any:
         # A pid from another pid namespace (a container), or from one that could not be
         # read, cannot be checked here.
-        same_ns = req.pid_ns != 0 and req.pid_ns == pid_namespace()
-        daemon.clients.record(identity).pid = req.client_pid if same_ns else None
+        known = same_pid_namespace(req.pid_ns)
+        daemon.clients.record(identity).pid = req.client_pid if known else None
         try:
             batches = daemon.sched.set_part(identity, req.shard, req.num_shards)
         except IndexError as exc:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vidring.daemon.sampler import Sampling
+from vidring.daemon.sampler import SAMPLERS, SHORT_POLICIES, Sampling
 from vidring.loader.paths import check_name
 from vidring.loader.protocol import MAX_WORKERS
 from vidring.loader.ring import DTYPES
@@ -68,7 +68,7 @@ class ServeConfig:
     sampler: str = field(default="random", metadata=_flag(
         "where clips lie: random (default), random_keyframe (faster on long GOPs), uniform "
         "(evaluation), segments (TSN)",
-        choices=["random", "random_keyframe", "uniform", "segments"]))
+        choices=list(SAMPLERS)))
     fps: float | None = field(default=None, metadata=_flag(
         "resample clips to this many frames per second by timestamps (instead of --stride)",
         type=float))
@@ -79,7 +79,7 @@ class ServeConfig:
         "last batch padded (implied by --sampler uniform)", action="store_true", default=None))
     short_policy: str = field(default="repeat_last", metadata=_flag(
         "a video shorter than a clip: repeat_last (default), wrap, or skip (left out at start)",
-        choices=["repeat_last", "wrap", "skip"]))
+        choices=list(SHORT_POLICIES)))
     shard: int = field(default=0, metadata=_flag(
         "serve part I of every epoch (one daemon per host; default 0)", type=int))
     num_shards: int = field(default=1, metadata=_flag(

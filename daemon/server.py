@@ -27,8 +27,8 @@ is removed by the next start of the same name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -44,13 +44,15 @@ from vidring.daemon.manifest import Manifest
 from vidring.daemon.pool import DRAIN_LIMIT, WorkerPool
 from vidring.daemon.production import Production
 from vidring.daemon.schedule import Key, Scheduler
+from vidring.daemon.starting import status_at_start
 from vidring.daemon.waiting import Progress, Verdict, Waiting, WaitPolicy
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
-from vidring.loader.status import STATUS_VERSION, StatusRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from vidring.loader.status import StatusRecord
 
 log = logging.getLogger("vidring.daemon")
 
@@ -221,22 +223,18 @@ class Daemon:
         self._waiting = still
 
     def status(self) -> StatusRecord:
-        layout = self.ring.layout
-        return StatusRecord(
-            version=STATUS_VERSION, name=self.config.name, pid=os.getpid(), phase="serving",
-            probed=len(self.manifest),
+        start = status_at_start(self.config, videos=len(self.manifest),
+                                manifest=str(self.manifest.source),
+                                uptime_s=time.time() - self._started_at)
+        return dataclasses.replace(
+            start, phase="serving", probed=len(self.manifest),
             epoch=self.sched.consumer_epoch, batches_per_epoch=self.sched.batches_per_epoch,
-            batch_shape=layout.x_shape, dtype=self.config.dtype,
-            sampler=self.config.sampler, clips_per_video=self.config.clips_per_video,
-            evaluation=self.config.sampling().evaluates, slots=self.sched.counts(),
-            workers=self.pool.counts(), clips_per_s=self.production.clips_per_s(),
-            clips_total=self.production.clips_total, errors=self.faults.summary(),
-            videos=len(self.manifest), classes=len(self.manifest.classes),
-            manifest=str(self.manifest.source), segment=self.ring.name,
-            ring_mib=round(layout.total_bytes / 2**20, 1), clients=len(self.clients),
-            spilled=self.clients.spilled_total,
-            waiting_requests=len(self._waiting), queued_clips=len(self.production.tasks),
-            uptime_s=round(time.time() - self._started_at, 1))
+            slots=self.sched.counts(), workers=self.pool.counts(),
+            clips_per_s=self.production.clips_per_s(), clips_total=self.production.clips_total,
+            errors=self.faults.summary(), classes=len(self.manifest.classes),
+            ring_mib=round(self.ring.layout.total_bytes / 2**20, 1), clients=len(self.clients),
+            spilled=self.clients.spilled_total, waiting_requests=len(self._waiting),
+            queued_clips=len(self.production.tasks))
 
     # -- stop -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ daemon thread, so a stop never waits for a probe stuck on a file.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -60,8 +61,10 @@ def answer_while(work: Callable[[Callable[[int], None]], Any], control: zmq.Sock
             outcome.append(exc)
 
     def status() -> StatusRecord:
-        return _probing_status(config, videos, manifest, done[0], len(clients),
-                               time.time() - started)
+        return dataclasses.replace(
+            status_at_start(config, videos=videos, manifest=manifest,
+                            uptime_s=time.time() - started),
+            probed=done[0], clients=len(clients))
 
     thread = threading.Thread(target=run, name="vidring-probe", daemon=True)
     thread.start()
@@ -105,11 +108,13 @@ def _answer(control: zmq.Socket[Any], status: Callable[[], StatusRecord], client
         control.send_multipart([identity, out])
 
 
-def _probing_status(config: ServeConfig, videos: int, manifest: str, probed: int,
-                    clients: int, uptime_s: float) -> StatusRecord:
+def status_at_start(config: ServeConfig, *, videos: int, manifest: str,
+                    uptime_s: float) -> StatusRecord:
+    """The status record before anything is served: what the config says, counts at 0.
+    The serving daemon's record is this one with its live fields replaced (server.py)."""
     return StatusRecord(
         version=STATUS_VERSION, name=config.name, pid=os.getpid(), phase="probing",
-        probed=probed, epoch=0, batches_per_epoch=0,
+        probed=0, epoch=0, batches_per_epoch=0,
         batch_shape=(config.batch_size, config.clip_length, config.height, config.width, 3),
         dtype=config.dtype, sampler=config.sampler, clips_per_video=config.clips_per_video,
         evaluation=config.sampling().evaluates,
@@ -120,5 +125,5 @@ def _probing_status(config: ServeConfig, videos: int, manifest: str, probed: int
         errors=ErrorSummary(count=0, last=None, quarantined=0, recent_quarantined=[],
                             replaced_samples=0),
         videos=videos, classes=0, manifest=manifest, segment=segment_name(config.name),
-        ring_mib=0.0, clients=clients, spilled=0, waiting_requests=0, queued_clips=0,
+        ring_mib=0.0, clients=0, spilled=0, waiting_requests=0, queued_clips=0,
         uptime_s=round(uptime_s, 1))

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 # Ping a daemon this often while waiting on a batch, so a slow batch is not a dead daemon.
 PING_INTERVAL_S = 0.5
-# Any message keeps a client's leases; the daemon takes them back after
-# `--lease-timeout-s` of silence (server.py), so beat well within it.
+# Any message shows a client is alive.  Only for a client in another pid namespace (whose
+# process the daemon cannot see) does silence past `--lease-timeout-s` cost its leases
+# (daemon/clients.py): beat well within it.
 HEARTBEAT_INTERVAL_S = 1.0
 # While waiting, wake this often to send releases queued by other threads.
 _SLICE_S = 0.05
@@ -116,8 +117,7 @@ class Client:
                 time.sleep(_START_POLL_S)
         # A daemon in another pid namespace (across a container boundary) has a pid
         # that means nothing here: rely on the timeout alone.
-        same_ns = info.pid_ns in (0, pid_namespace())
-        self.daemon_pid = info.status.pid if same_ns else None
+        self.daemon_pid = info.status.pid if same_pid_namespace(info.pid_ns) else None
         if self._heartbeat is not None and not self._heartbeat.is_alive():
             self._heartbeat.start()
         return info
@@ -312,6 +312,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except psutil.Error:
         return True
+
+
+def same_pid_namespace(other: int) -> bool:
+    """Whether a pid from namespace `other` names a process here (0: unknown, so no)."""
+    return other != 0 and other == pid_namespace()
 
 
 def pid_namespace() -> int:
