@@ -94,7 +94,21 @@ class Hello(Command[protocol.Hello]):
             raise BadRequest(str(exc)) from None
         return protocol.HelloReply(status=daemon.status(), batches=batches,
                                    pid_ns=pid_namespace(), ring_id=daemon.ring.ring_id,
-                                   classes=daemon.manifest.classes)
+                                   classes=daemon.labels.classes)
+
+
+@command
+class Paths(Command[protocol.Paths]):
+    """The files of manifest rows, for a batch's provenance."""
+
+    request = protocol.Paths
+
+    def handle(self, daemon: Daemon, identity: bytes, req: protocol.Paths) -> Any:
+        rows = daemon.manifest.rows
+        for index in req.indices:
+            if index >= len(rows):
+                raise BadRequest(f"manifest row {index} out of range 0..{len(rows) - 1}")
+        return protocol.PathsReply(paths=[str(rows[i].path) for i in req.indices])
 
 
 @command

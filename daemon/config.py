@@ -8,7 +8,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from vidring.daemon.augment import CROPS, RESIZES, Augment, parse_jitter
+from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.daemon.sampler import SAMPLERS, SHORT_POLICIES, Sampling
+from vidring.daemon.targets import LABELS
 from vidring.loader.paths import check_name
 from vidring.loader.protocol import MAX_WORKERS
 from vidring.loader.ring import DTYPES
@@ -84,6 +87,27 @@ class ServeConfig:
         "serve part I of every epoch (one daemon per host; default 0)", type=int))
     num_shards: int = field(default=1, metadata=_flag(
         "how many parts each epoch is split into (default 1)", type=int))
+    resize: str = field(default="stretch", metadata=_flag(
+        "stretch (default: the whole frame to HxW) or short_side (scale, then crop HxW)",
+        choices=list(RESIZES)))
+    short_side: int | None = field(default=None, metadata=_flag(
+        "with --resize short_side: the short side S in pixels before the crop", type=int))
+    scale_jitter: str | None = field(default=None, metadata=_flag(
+        "with --resize short_side: S drawn per clip from MIN:MAX (instead of --short-side)"))
+    crop: str = field(default="center", metadata=_flag(
+        "where the HxW crop lies: center (default) or random", choices=list(CROPS)))
+    flip: bool = field(default=False, metadata=_flag(
+        "flip clips left to right with probability 1/2", action="store_true", default=None))
+    interpolation: str = field(default=DEFAULT_INTERPOLATION, metadata=_flag(
+        f"resize filter (default {DEFAULT_INTERPOLATION}: antialiased when shrinking)",
+        choices=list(INTERPOLATIONS)))
+    mean: tuple[float, ...] | None = field(default=None, metadata=_flag(
+        "float dtypes: subtract this R,G,B mean (of pixels scaled to 0..1)"))
+    std: tuple[float, ...] | None = field(default=None, metadata=_flag(
+        "float dtypes: then divide by this R,G,B standard deviation"))
+    labels: str = field(default="index", metadata=_flag(
+        "targets: index (default; class indices or names), onehot, multi (multi-hot), "
+        "regression (numbers)", choices=list(LABELS)))
 
     def __post_init__(self) -> None:
         try:
@@ -114,7 +138,29 @@ class ServeConfig:
         for name in ("task_timeout_s", "lease_timeout_s", "exhausted_wait_s", "retry_delay_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        try:
+            self.augment()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if self.dtype == "uint8":
+                raise ConfigError(f"{name}: needs --dtype float16 or float32")
+            if len(value) != 3 or (name == "std" and not all(v > 0 for v in value)):
+                raise ConfigError(f"{name}: expected three numbers R,G,B"
+                                  f"{' > 0' if name == 'std' else ''}, got {value!r}")
 
+    def augment(self) -> Augment:
+        if self.short_side is not None and self.scale_jitter is not None:
+            raise ValueError("short_side: give --short-side or --scale-jitter, not both")
+        if self.scale_jitter is not None:
+            side = parse_jitter(self.scale_jitter)
+        else:
+            side = (self.short_side or 0, self.short_side or 0)
+        return Augment(self.height, self.width, self.resize, side, self.crop,
+                       bool(self.flip))
 
     def sampling(self) -> Sampling:
         return Sampling(self.clip_length, self.stride, self.sampler, self.clips_per_video,
@@ -123,7 +169,7 @@ class ServeConfig:
 
 # The settings a user gives (flags, TOML keys): the fields, with size for height and width.
 SETTINGS = [f for f in fields(ServeConfig) if not f.metadata.get("size")]
-SIZE_HELP = "output HxW, e.g. 112x112 (stretched)"
+SIZE_HELP = "output HxW, e.g. 112x112 (see --resize)"
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -151,6 +197,9 @@ def build(settings: dict[str, Any]) -> ServeConfig:
     if values.get("workers") is None:
         values["workers"] = default_workers()
     values["manifest"] = Path(values["manifest"]).expanduser()
+    for name in ("mean", "std"):
+        if name in values:
+            values[name] = _numbers(name, values[name])
     if values.get("probe_cache") is not None:
         values["probe_cache"] = Path(values["probe_cache"]).expanduser()
     try:
@@ -158,3 +207,12 @@ def build(settings: dict[str, Any]) -> ServeConfig:
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
+
+
+def _numbers(name: str, value: Any) -> tuple[float, ...]:
+    """'R,G,B' (a flag) or [R, G, B] (TOML) -> floats."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        return tuple(float(v) for v in items)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected numbers R,G,B, got {value!r}") from None

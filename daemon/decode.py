@@ -10,28 +10,28 @@ keyframe dominates, so
   ever skipped;
 - once every packet of the clip is in the decoder, it is drained instead of
   fed the frames that follow (its B-frame reorder delay);
-- only kept frames are converted and resized, in one swscale call each, by
-  one long-lived reformatter with threads=1 (PyAV otherwise builds a threaded
-  SwsContext per call), and written once, straight into the slot.
+- only kept frames are cropped, converted and resized, in one swscale call
+  each, by one long-lived reformatter with threads=1 (PyAV otherwise builds a
+  threaded SwsContext per call), and written once, straight into the slot
+  (frames.py).
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import av
 import numpy as np
-from av.video.reformatter import VideoReformatter
+
+from vidring.daemon.frames import DEFAULT_INTERPOLATION, FrameWriter
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
-# swscale's area filter: antialiased when shrinking (the usual case: 640x360 -> 112x112,
-# like cv2.INTER_AREA), bilinear when growing, and cheaper than its bilinear (0.13 vs
-# 0.19 ms per 640x360 frame here).
-INTERPOLATION = "AREA"
+    from vidring.daemon.augment import Look
+
 MAX_OPEN_CONTAINERS = 8
 
 
@@ -75,10 +75,13 @@ def _from_key(packets: Iterator[Any], key_pts: int, key_dts: int) -> Iterator[An
 class ClipDecoder:
     """Decodes clips into caller-owned (T, H, W, 3) arrays, keeping files open."""
 
-    def __init__(self, height: int, width: int, *, max_open: int = MAX_OPEN_CONTAINERS) -> None:
+    def __init__(self, height: int, width: int, *, interpolation: str = DEFAULT_INTERPOLATION,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 max_open: int = MAX_OPEN_CONTAINERS) -> None:
         self.height = height
         self.width = width
-        self._reformatter = VideoReformatter()
+        self._writer = FrameWriter(height, width, interpolation=interpolation, mean=mean,
+                                   std=std)
         self._open: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
         self._max_open = max_open
 
@@ -105,29 +108,37 @@ class ClipDecoder:
             entry[0].close()
 
     def decode_into(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
-                    out: np.ndarray) -> None:
+                    out: np.ndarray, look: Look | None = None, rotation: int = 0) -> None:
         """Write the frames with timestamps `frame_pts` (in order) into out[0..T-1].
 
         Decoding starts at the keyframe (`key_pts`, `key_dts`) at or before the
         first of them.  Repeated timestamps (a short video's last frame) are
-        decoded once and copied.
+        decoded once and copied.  `look` cuts them (the whole frame when None);
+        `rotation` (degrees, the video's display matrix) turns them upright.
         """
         if out.shape[0] != len(frame_pts):
             raise ValueError(f"out has {out.shape[0]} frames, the clip {len(frame_pts)}")
-        self.decode_frames(path, key_pts, key_dts, frame_pts, list(out))
+        self.decode_frames(path, key_pts, key_dts, frame_pts, list(out),
+                           [look] * len(frame_pts), rotation)
 
     def decode_frames(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
-                      outs: Sequence[np.ndarray]) -> None:
-        """Write the frame with timestamp frame_pts[k] into outs[k] (an (H, W, 3) array), for
-        every k: one forward pass from the keyframe, for one clip or several of a video."""
+                      outs: Sequence[np.ndarray], looks: Sequence[Look | None] | None = None,
+                      rotation: int = 0) -> None:
+        """Write the frame with timestamp frame_pts[k], cut by looks[k], into outs[k] (an
+        (H, W, 3) array), for every k: one forward pass from the keyframe, for one clip or
+        several of a video."""
         if len(outs) != len(frame_pts):
             raise ValueError(f"{len(outs)} places for {len(frame_pts)} frames")
+        if looks is None:
+            looks = [None] * len(frame_pts)
+        elif len(looks) != len(frame_pts):
+            raise ValueError(f"{len(looks)} looks for {len(frame_pts)} frames")
         for out in outs:
             if out.shape != (self.height, self.width, 3):
                 raise ValueError(f"a frame's place has shape {out.shape}, frames are "
                                  f"({self.height}, {self.width}, 3)")
         try:
-            self._decode(path, key_pts, key_dts, frame_pts, outs)
+            self._decode(path, key_pts, key_dts, frame_pts, _Places(outs, looks, rotation))
         except DecodeError:
             self._forget(path)
             raise
@@ -157,7 +168,7 @@ class ClipDecoder:
         return stream, packets
 
     def _decode(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
-                out: Sequence[np.ndarray]) -> None:
+                out: _Places) -> None:
         stream, packets = self._packets_from_key(path, key_pts, key_dts)
         ctx = stream.codec_context
         targets: dict[int, list[int]] = {}
@@ -200,7 +211,7 @@ class ClipDecoder:
         )
 
     def _take(self, path: str, frames: Any, targets: dict[int, list[int]],
-              out: Sequence[np.ndarray], last_pts: int) -> None:
+              out: _Places, last_pts: int) -> None:
         for frame in frames:
             positions = targets.pop(frame.pts, None)
             if positions is not None:
@@ -208,18 +219,25 @@ class ClipDecoder:
             elif targets and frame.pts is not None and frame.pts > last_pts:
                 # Frames leave the decoder in presentation order: the rest are lost,
                 # so fail now instead of decoding to the end of the file.
-                self._missing(path, targets, len(out))
+                self._missing(path, targets, len(out.outs))
 
-    def _write(self, frame: Any, out: Sequence[np.ndarray], positions: list[int]) -> None:
-        rgb = self._reformatter.reformat(frame, width=self.width, height=self.height,
-                                         format="rgb24", interpolation=INTERPOLATION, threads=1)
-        plane = rgb.planes[0]
-        rows = np.frombuffer(memoryview(plane), np.uint8).reshape(self.height, plane.line_size)
-        pixels = rows[:, : self.width * 3].reshape(self.height, self.width, 3)
-        first = out[positions[0]]
-        if first.dtype == np.uint8:
-            np.copyto(first, pixels)
-        else:
-            np.multiply(pixels, np.float32(1.0 / 255.0), out=first, casting="unsafe")
-        for t in positions[1:]:
-            np.copyto(out[t], first)
+    def _write(self, frame: Any, out: _Places, positions: list[int]) -> None:
+        # A frame repeated in one clip (a short video's last) is converted once; clips of
+        # one pass that share a frame may cut it differently.
+        written: dict[Look | None, np.ndarray] = {}
+        for t in positions:
+            look, place = out.looks[t], out.outs[t]
+            done = written.get(look)
+            if done is None:
+                self._writer.write(frame, look, out.rotation, place)
+                written[look] = place
+            else:
+                np.copyto(place, done)
+
+
+class _Places(NamedTuple):
+    """Where each clip frame goes and how it is cut."""
+
+    outs: Sequence[np.ndarray]
+    looks: Sequence[Look | None]
+    rotation: int

@@ -27,12 +27,15 @@ CLASSES = ("left", "right")
 
 
 def write_video(path: str | Path, frames: np.ndarray, *, fps: int = 30, gop: int = 12,
-                bframes: int = 2) -> None:
-    """Encode (N, H, W, 3) uint8 frames as H.264 with fixed keyframes every `gop` frames."""
+                bframes: int = 2, rotation: int = 0) -> None:
+    """Encode (N, H, W, 3) uint8 frames as H.264 with fixed keyframes every `gop` frames,
+    and a display matrix turning them `rotation` degrees counter-clockwise (as phones do)."""
     n, height, width, _ = frames.shape
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
         stream.codec_context.gop_size = gop
         # libx264 reads GOP settings only through x264-params.
         stream.options = {"preset": "veryfast", "threads": "1", "x264-params":

@@ -1,29 +1,32 @@
-"""The dataset: a CSV / JSONL manifest or a class-per-folder tree -> (path, label) rows.
+"""The dataset: a CSV / JSONL manifest or a class-per-folder tree -> rows.
 
-CSV: ``path,label[,start,end]`` per line, an optional header naming those
-columns; a relative path is relative to the manifest's folder.  JSONL: one
-``{"path": ..., "label": ..., "start": ..., "end": ...}`` object per line.
+CSV: ``path,label[,start,end[,weight]]`` per line, or any of those columns in
+any order under a header line naming them.  JSONL: one object per line with
+the same keys.  A relative path is relative to the manifest's folder.
 `start` and `end` (seconds from the video's first frame, either may be left
-out) bound the clips of that row to a segment of its video.  Folder: one
-sub-folder per class, class names mapped to ints in sorted order.  A bad row
-is an error naming the file, line and field.
+out) bound the clips of that row to a segment of its video; `weight` (>= 0,
+default 1) is the row's sample weight.  A label is kept as written here and
+read by targets.py (a class index or name, several, or numbers).  Folder: one
+sub-folder per class, class names mapped to ints in sorted order.  A bad row,
+or a column or key that is not one of these, is an error naming the file,
+line and field: nothing is silently dropped.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from vidring.loader.protocol import INT32_LIMIT
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
+COLUMNS = ("path", "label", "start", "end", "weight")
 
 
 class ManifestError(ValueError):
@@ -33,9 +36,11 @@ class ManifestError(ValueError):
 @dataclass(frozen=True, slots=True)
 class VideoRow:
     path: Path
-    label: int
+    label: Any  # as written: an int or a str (a CSV cell, a class name), or a JSON list
     start_s: float | None = None  # clips lie in [start_s, end_s) of the video
     end_s: float | None = None
+    weight: float = 1.0
+    where: str = ""  # "manifest FILE, line N", for errors about this row
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +49,7 @@ class Manifest:
     rows: tuple[VideoRow, ...]
     # class name -> label, for folder datasets; empty for explicit labels.
     classes: dict[str, int] = field(default_factory=dict)
+    weighted: bool = False  # a `weight` column or key was given
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -64,20 +70,92 @@ def load_manifest(source: str | Path) -> Manifest:
     return manifest
 
 
-def _label(text: object, where: str) -> int:
-    if isinstance(text, bool):
-        raise ManifestError(f"{where}: field 'label' must be an integer, got {text!r}")
-    if isinstance(text, int):
-        value = text
-    else:
-        try:
-            value = int(str(text).strip())
-        except ValueError:
-            raise ManifestError(
-                f"{where}: field 'label' must be an integer, got {text!r}") from None
-    if not -INT32_LIMIT <= value < INT32_LIMIT:
-        raise ManifestError(f"{where}: field 'label' {value} does not fit in int32")
-    return value
+def _from_csv(src: Path) -> Manifest:
+    rows: list[VideoRow] = []
+    columns: list[str] | None = None
+    weighted = False
+    with src.open(newline="", encoding="utf-8") as fh:
+        for lineno, record in enumerate(csv.reader(fh), start=1):
+            where = f"manifest {src}, line {lineno}"
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if columns is None and not rows and "path" in [c.strip().lower() for c in record]:
+                columns = _header([c.strip().lower() for c in record], where)
+                weighted = "weight" in columns
+                continue
+            if columns is not None:
+                if len(record) != len(columns):
+                    raise ManifestError(f"{where}: expected {len(columns)} fields "
+                                        f"({','.join(columns)}), got {len(record)}")
+                cells = dict(zip(columns, record, strict=True))
+            elif len(record) in (2, 4, 5):
+                cells = dict(zip(COLUMNS, record, strict=False))
+                weighted = weighted or len(record) == 5
+            else:
+                raise ManifestError(f"{where}: expected 2 fields 'path,label', 4 "
+                                    "'path,label,start,end' or 5 (and weight), or a header "
+                                    f"line naming the columns; got {len(record)}")
+            rows.append(_row(cells, src.parent, where))
+    return Manifest(src, tuple(rows), weighted=weighted)
+
+
+def _header(names: list[str], where: str) -> list[str]:
+    for name in names:
+        if name not in COLUMNS:
+            raise ManifestError(f"{where}: unknown column {name!r} (known: "
+                                f"{', '.join(COLUMNS)})")
+    if len(set(names)) != len(names):
+        raise ManifestError(f"{where}: a column is named twice in {','.join(names)}")
+    if "label" not in names:
+        raise ManifestError(f"{where}: the header names no 'label' column")
+    return names
+
+
+def _from_jsonl(src: Path) -> Manifest:
+    rows: list[VideoRow] = []
+    weighted = False
+    with src.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"manifest {src}, line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{where}: not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ManifestError(f"{where}: expected an object with 'path' and 'label'")
+            for key in obj:
+                if key not in COLUMNS:
+                    raise ManifestError(f"{where}: unknown field {key!r} (known: "
+                                        f"{', '.join(COLUMNS)})")
+            weighted = weighted or "weight" in obj
+            rows.append(_row(obj, src.parent, where))
+    return Manifest(src, tuple(rows), weighted=weighted)
+
+
+def _row(cells: dict[str, Any], base: Path, where: str) -> VideoRow:
+    """One row from its fields by name (CSV cells or a JSON object)."""
+    for key in ("path", "label"):
+        if key not in cells:
+            raise ManifestError(f"{where}: missing field {key!r}")
+    start, end = _span([cells.get("start"), cells.get("end")], where)
+    weight = cells.get("weight")
+    return VideoRow(_path(cells["path"], base, where), cells["label"], start, end,
+                    1.0 if weight is None else _weight(weight, where), where)
+
+
+def _weight(value: object, where: str) -> float:
+    problem = f"{where}: field 'weight' must be a number >= 0, got {value!r}"
+    if isinstance(value, bool):
+        raise ManifestError(problem)
+    try:
+        weight = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ManifestError(problem) from None
+    if not (weight >= 0 and math.isfinite(weight)):
+        raise ManifestError(problem)
+    return weight
 
 
 def _span(values: Sequence[object], where: str) -> tuple[float | None, float | None]:
@@ -107,54 +185,13 @@ def _path(text: object, base: Path, where: str) -> Path:
     return path if path.is_absolute() else base / path
 
 
-def _from_csv(src: Path) -> Manifest:
-    rows: list[VideoRow] = []
-    with src.open(newline="", encoding="utf-8") as fh:
-        for lineno, record in enumerate(csv.reader(fh), start=1):
-            if not record or all(not cell.strip() for cell in record):
-                continue
-            if lineno == 1 and [c.strip().lower() for c in record] in (
-                    ["path", "label"], ["path", "label", "start", "end"]):
-                continue
-            where = f"manifest {src}, line {lineno}"
-            if len(record) not in (2, 4):
-                raise ManifestError(f"{where}: expected 2 fields 'path,label' or 4 "
-                                    f"'path,label,start,end', got {len(record)}")
-            start, end = _span(record[2:] or ["", ""], where)
-            rows.append(VideoRow(_path(record[0], src.parent, where), _label(record[1], where),
-                                 start, end))
-    return Manifest(src, tuple(rows))
-
-
-def _from_jsonl(src: Path) -> Manifest:
-    rows: list[VideoRow] = []
-    with src.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"manifest {src}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{where}: not JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{where}: expected an object with 'path' and 'label'")
-            for key in ("path", "label"):
-                if key not in obj:
-                    raise ManifestError(f"{where}: missing field {key!r}")
-            path = _path(obj["path"], src.parent, where)
-            start, end = _span([obj.get("start"), obj.get("end")], where)
-            rows.append(VideoRow(path, _label(obj["label"], where), start, end))
-    return Manifest(src, tuple(rows))
-
-
 def _from_folder(src: Path) -> Manifest:
     class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ManifestError(f"dataset folder {src}: no class sub-folders")
     classes = {d.name: i for i, d in enumerate(class_dirs)}
     rows = [
-        VideoRow(f, classes[d.name])
+        VideoRow(f, classes[d.name], where=f"dataset folder {src}, file {f}")
         for d in class_dirs
         for f in sorted(d.rglob("*"))
         if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 
 
 class ProbeError(Exception):
@@ -39,9 +39,15 @@ class VideoInfo:
     keyframe_indices: np.ndarray  # int64, indices into frame_pts, sorted, starts at 0
     keyframe_pts: np.ndarray  # int64, the keyframe each of those frames decodes from
     keyframe_dts: np.ndarray  # int64, and that keyframe's decode timestamp
-    width: int
+    width: int  # as stored
     height: int
     time_base: float  # seconds per pts unit
+    rotation: int = 0  # 0, 90, 180 or 270 degrees counter-clockwise that make frames upright
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(height, width) of a frame turned upright."""
+        return (self.width, self.height) if self.rotation % 180 else (self.height, self.width)
 
     def seconds(self) -> np.ndarray:
         """Each frame's presentation time in seconds from the first frame."""
@@ -77,6 +83,9 @@ def probe(path: str | Path) -> VideoInfo:
             if not container.streams.video:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
+            stream.codec_context.thread_type = "NONE"
+            stream.codec_context.thread_count = 1
+            rotation: int | None = None  # from the first decoded frame's display matrix
             pts: list[int] = []
             dts_of: dict[int, int] = {}  # pts -> dts
             key_pts_flagged: list[int] = []
@@ -92,6 +101,8 @@ def probe(path: str | Path) -> VideoInfo:
                     key_pts_flagged.append(packet.pts)
                 if not packet.is_discard:
                     pts.append(packet.pts)  # a frame that is presented
+                if rotation is None:
+                    rotation = _rotation(packet)
             width, height = stream.codec_context.width, stream.codec_context.height
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
@@ -114,7 +125,20 @@ def probe(path: str | Path) -> VideoInfo:
         key_idx = np.concatenate([[0], key_idx]).astype(np.int64)
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
-    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base)
+    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0)
+
+
+def _rotation(packet: Any) -> int | None:
+    """The display rotation, a multiple of 90 degrees, once `packet` gives a frame (phones
+    store portrait video landscape with a matrix that turns it); 0 if it cannot decode."""
+    try:
+        frames = packet.decode()
+    except (av.FFmpegError, ValueError):
+        return 0
+    for frame in frames:
+        turns = round(float(frame.rotation) / 90) % 4
+        return turns * 90
+    return None
 
 
 # Below this many uncached videos, starting probe processes costs more than it saves.
@@ -153,7 +177,7 @@ class ProbeCache:
             pts, keys, key_pts, key_dts = (np.asarray(data[k], np.int64)
                                            for k in ("pts", "keys", "key_pts", "key_dts"))
             return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]),
-                             float(data["time_base"]))
+                             float(data["time_base"]), int(data["rotation"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -166,7 +190,8 @@ class ProbeCache:
                                    "key_pts": info.keyframe_pts.tolist(),
                                    "key_dts": info.keyframe_dts.tolist(),
                                    "width": info.width, "height": info.height,
-                                   "time_base": info.time_base}))
+                                   "time_base": info.time_base,
+                                   "rotation": info.rotation}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

@@ -14,18 +14,18 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from vidring.daemon.augment import Augment, Look, place
 from vidring.daemon.tasks import Job, PlanSettings, Task, TaskQueue, one_pass
 from vidring.loader import protocol
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    import numpy as np
-
     from vidring.daemon.faults import FaultLedger
     from vidring.daemon.pool import Finished, WorkerPool
     from vidring.daemon.probe import VideoInfo
     from vidring.daemon.schedule import Key
+    from vidring.daemon.targets import Targets
     from vidring.loader.ring import Ring
 
 log = logging.getLogger("vidring.daemon")
@@ -34,10 +34,11 @@ _RATE_WINDOW_S = 5.0
 
 
 class Production:
-    def __init__(self, plan: PlanSettings, paths: list[str], infos: list[VideoInfo | None],
-                 labels: np.ndarray, ring: Ring, faults: FaultLedger, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, plan: PlanSettings, augment: Augment, paths: list[str],
+                 infos: list[VideoInfo | None], labels: Targets, ring: Ring,
+                 faults: FaultLedger, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._plan = plan
+        self._augment = augment
         self._paths = paths
         self._infos = infos
         self._labels = labels
@@ -75,12 +76,22 @@ class Production:
         assert info is not None, "a video that failed to probe is quarantined"
         start = min(t.choice.frames[0] for t in job.tasks)
         key_pts, key_dts = info.seek_target(start)
+        clips = []
+        for t in job.tasks:
+            look = self._look(t, info)
+            clips.append(protocol.Clip(
+                position=t.position, frame_pts=[int(info.frame_pts[i]) for i in t.choice.frames],
+                box=look.box, flip=look.flip))
         return protocol.encode(protocol.Task(
             task_id=job.task_id, slot=first.slot, path=self._paths[first.choice.video_index],
-            clips=[protocol.Clip(position=t.position,
-                                 frame_pts=[int(info.frame_pts[i]) for i in t.choice.frames])
-                   for t in job.tasks],
-            key_pts=key_pts, key_dts=key_dts))
+            clips=clips, key_pts=key_pts, key_dts=key_dts, rotation=info.rotation))
+
+    def _look(self, task: Task, info: VideoInfo) -> Look:
+        """The clip's crop and flip: a pure function of the plan, like its frames."""
+        choice = task.choice
+        epoch = 0 if self._plan.sampling.evaluates else task.key[0]
+        return place(self._augment, info.upright_size, seed=self._plan.seed, epoch=epoch,
+                     sample=choice.sample_index, attempt=choice.attempt)
 
     def finished(self, result: Finished) -> list[tuple[int, int]]:
         """Record a job's outcome; returns the (slot, position) of each clip now in place."""
@@ -93,14 +104,15 @@ class Production:
         choice = task.choice
         replaced = choice.video_index != choice.planned_index
         views = self._ring.views(task.slot)
-        views.y[task.position] = self._labels[choice.video_index]
+        views.y[task.position] = self._labels.y[choice.video_index]
+        views.w[task.position] = 0.0 if choice.padding else self._labels.weights[choice.video_index]
         info = self._infos[choice.video_index]
         assert info is not None
-        sampling = self._plan.sampling
-        stride = 0 if sampling.sampler == "segments" else sampling.stride
+        look = self._look(task, info)
         views.provenance[task.position] = (
-            choice.video_index, choice.planned_index, choice.start_frame, stride,
-            (0, 0, info.height, info.width), 0, int(replaced), int(choice.padding), 0)
+            choice.video_index, choice.planned_index, choice.frames,
+            [int(info.frame_pts[i]) for i in choice.frames], look.box, info.rotation,
+            int(look.flip), int(replaced), int(choice.padding), 0)
         self._faults.clip_ok(choice.video_index, replaced=replaced)
         now = self._clock()
         self.last_clip_at = now

@@ -45,6 +45,7 @@ from vidring.daemon.pool import DRAIN_LIMIT, WorkerPool
 from vidring.daemon.production import Production
 from vidring.daemon.schedule import Key, Scheduler
 from vidring.daemon.starting import status_at_start
+from vidring.daemon.targets import Targets
 from vidring.daemon.waiting import Progress, Verdict, Waiting, WaitPolicy
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
@@ -66,6 +67,7 @@ class Parts:
 
     config: ServeConfig
     manifest: Manifest
+    labels: Targets
     ring: Ring
     sched: Scheduler
     faults: FaultLedger
@@ -80,6 +82,7 @@ class Daemon:
     def __init__(self, parts: Parts, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = parts.config
         self.manifest = parts.manifest
+        self.labels = parts.labels
         self.ring = parts.ring
         self.sched = parts.sched
         self.faults = parts.faults
@@ -231,7 +234,8 @@ class Daemon:
             epoch=self.sched.consumer_epoch, batches_per_epoch=self.sched.batches_per_epoch,
             slots=self.sched.counts(), workers=self.pool.counts(),
             clips_per_s=self.production.clips_per_s(), clips_total=self.production.clips_total,
-            errors=self.faults.summary(), classes=len(self.manifest.classes),
+            errors=self.faults.summary(), classes=len(self.labels.classes),
+            label_shape=self.ring.layout.y_shape, weights=self.manifest.weighted,
             ring_mib=round(self.ring.layout.total_bytes / 2**20, 1), clients=len(self.clients),
             spilled=self.clients.spilled_total, waiting_requests=len(self._waiting),
             queued_clips=len(self.production.tasks))

@@ -117,7 +117,8 @@ def status_at_start(config: ServeConfig, *, videos: int, manifest: str,
         probed=0, epoch=0, batches_per_epoch=0,
         batch_shape=(config.batch_size, config.clip_length, config.height, config.width, 3),
         dtype=config.dtype, sampler=config.sampler, clips_per_video=config.clips_per_video,
-        evaluation=config.sampling().evaluates,
+        evaluation=config.sampling().evaluates, preprocess=describe(config),
+        labels=config.labels, label_shape=(config.batch_size,), weights=False,
         slots=SlotCounts(total=0, free=0, filling=0, ready=0, leased=0),
         workers=WorkerCounts(target=config.workers, alive=0, starting=0, idle=0, busy=0,
                              stopping=0, backoff=0, fatal=0, restarts=0, last_error=""),
@@ -127,3 +128,20 @@ def status_at_start(config: ServeConfig, *, videos: int, manifest: str,
         videos=videos, classes=0, manifest=manifest, segment=segment_name(config.name),
         ring_mib=0.0, clients=0, spilled=0, waiting_requests=0, queued_clips=0,
         uptime_s=round(uptime_s, 1))
+
+
+def describe(config: ServeConfig) -> str:
+    """The preprocessing settings in a few words, for status."""
+    aug = config.augment()
+    if aug.resize == "stretch":
+        parts = [f"stretch to {config.height}x{config.width}"]
+    else:
+        least, most = aug.short_side
+        side = str(least) if least == most else f"{least}:{most}"
+        parts = [f"short side {side}, {aug.crop} crop {config.height}x{config.width}"]
+    if aug.flip:
+        parts.append("flip")
+    parts.append(config.interpolation)
+    if config.mean is not None or config.std is not None:
+        parts.append(f"mean {config.mean or (0, 0, 0)} std {config.std or (1, 1, 1)}")
+    return ", ".join(parts)

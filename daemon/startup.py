@@ -43,6 +43,7 @@ from vidring.daemon.runtime import RuntimeDir, StartupError
 from vidring.daemon.schedule import Scheduler, SlotRecord
 from vidring.daemon.server import Daemon, Parts
 from vidring.daemon.starting import StopRequested, answer_while
+from vidring.daemon.targets import Targets, targets
 from vidring.daemon.tasks import PlanSettings
 from vidring.loader import protocol
 from vidring.loader.ring import Ring, RingLayout, segment_name
@@ -66,6 +67,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
         # Bound first, so trainers and `vidring status` hear "probing" rather than nothing.
         control = _bind(ctx, runtime.control_endpoint)
         manifest = load_manifest(config.manifest)
+        labels = targets(manifest, config.labels)
         paths = [str(row.path) for row in manifest.rows]
         faults = FaultLedger(paths, config.retry_delay_s)
         infos = _probe_all(config, manifest, faults, control, stop)
@@ -83,7 +85,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                                f"{samples} clips an epoch of {config.manifest} has for this "
                                "shard")
         layout = RingLayout(config.slots, config.batch_size, config.clip_length, config.height,
-                            config.width, config.dtype)
+                            config.width, config.dtype, y_width=labels.width)
         ring = Ring.create(segment_name(config.name), layout)
         stack.callback(ring.close)
         stack.callback(ring.unlink)
@@ -101,14 +103,14 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                                         for r in manifest.rows) else windows,
                             None if sampling.fps is None else tuple(
                                 i.seconds() if i else np.zeros(1) for i in infos))
-        labels = np.array([row.label for row in manifest.rows], dtype=np.int32)
-        production = Production(plan, paths, infos, labels, ring, faults)
-        pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id),
+        production = Production(plan, config.augment(), paths, infos, labels, ring, faults)
+        pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id,
+                                               config),
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
-        daemon = Daemon(Parts(config, manifest, ring, sched, faults, production, pool, control,
-                              stack.pop_all(), stop))
-    _log_start(config, manifest, layout, batches)
+        daemon = Daemon(Parts(config, manifest, labels, ring, sched, faults, production, pool,
+                              control, stack.pop_all(), stop))
+    _log_start(config, manifest, labels, layout, batches)
     return daemon
 
 
@@ -214,16 +216,21 @@ def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
     return sock
 
 
-def python_starter(endpoint: str, segment: str, ring_id: int) -> Starter:
+def python_starter(endpoint: str, segment: str, ring_id: int, config: ServeConfig) -> Starter:
     """Workers as `python -m vidring.daemon.worker`, under the daemon's interpreter or
     VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
     python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
     parent = str(os.getpid())
+    pixels = ["--interpolation", config.interpolation]
+    for name in ("mean", "std"):
+        values = getattr(config, name)
+        if values is not None:
+            pixels += [f"--{name}", ",".join(map(repr, values))]
 
     def start(identity: bytes) -> Process:
         cmd = [python, "-m", "vidring.daemon.worker", "--endpoint", endpoint,
                "--segment", segment, "--ring-id", str(ring_id), "--identity", identity.decode(),
-               "--parent-pid", parent]
+               "--parent-pid", parent, *pixels]
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
 
     return start
@@ -240,10 +247,12 @@ def _publisher(ring: Ring) -> Callable[[int, SlotRecord], None]:
     return publish
 
 
-def _log_start(config: ServeConfig, manifest: Manifest, layout: RingLayout,
+def _log_start(config: ServeConfig, manifest: Manifest, labels: Targets, layout: RingLayout,
                batches: int) -> None:
-    if manifest.classes:
-        log.info("classes: %s", ", ".join(f"{k}={v}" for k, v in manifest.classes.items()))
+    if labels.classes:
+        shown = list(labels.classes.items())
+        log.info("%d classes: %s%s", len(shown), ", ".join(f"{k}={v}" for k, v in shown[:20]),
+                 ", ..." if len(shown) > 20 else "")
     log.info("serving %r: %d videos, %d batches/epoch of %s %s, %d slots (%.1f MiB), "
              "%d workers", config.name, len(manifest), batches,
              "x".join(map(str, layout.x_shape)), config.dtype, config.slots,

@@ -16,7 +16,9 @@ import sys
 
 import zmq
 
+from vidring.daemon.augment import Look
 from vidring.daemon.decode import ClipDecoder, DecodeError
+from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
 
@@ -34,7 +36,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: int) -> int:
+def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: int, *,
+        interpolation: str = DEFAULT_INTERPOLATION, mean: list[float] | None = None,
+        std: list[float] | None = None) -> int:
     _die_with_parent()
     # Ctrl-C in the daemon's terminal reaches the whole process group; the
     # daemon decides when workers stop.
@@ -47,7 +51,7 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
         ring.close()
         return 1
     lay = ring.layout
-    decoder = ClipDecoder(lay.height, lay.width)
+    decoder = ClipDecoder(lay.height, lay.width, interpolation=interpolation, mean=mean, std=std)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     protocol.configure(sock)
@@ -77,7 +81,10 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
         outs = [frame for clip in task.clips
                 for frame in ring.sample_array(task.slot, clip.position)]
         frame_pts = [pts for clip in task.clips for pts in clip.frame_pts]
-        decoder.decode_frames(task.path, task.key_pts, task.key_dts, frame_pts, outs)
+        looks = [None if clip.box is None else Look(clip.box, clip.flip)
+                 for clip in task.clips for _ in clip.frame_pts]
+        decoder.decode_frames(task.path, task.key_pts, task.key_dts, frame_pts, outs, looks,
+                              task.rotation)
     except DecodeError as exc:
         error = f"in decoder worker {identity}: {exc}"
     except Exception as exc:
@@ -92,8 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ring-id", type=int, required=True)
     parser.add_argument("--identity", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--interpolation", choices=list(INTERPOLATIONS),
+                        default=DEFAULT_INTERPOLATION)
+    parser.add_argument("--mean", type=_floats)
+    parser.add_argument("--std", type=_floats)
     args = parser.parse_args(argv)
-    return run(args.endpoint, args.segment, args.ring_id, args.identity, args.parent_pid)
+    return run(args.endpoint, args.segment, args.ring_id, args.identity, args.parent_pid,
+               interpolation=args.interpolation, mean=args.mean, std=args.std)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",")]
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from vidring.loader.client import (
     RingExhausted,
     VidringError,
 )
-from vidring.loader.ring import PROVENANCE_DTYPE, Ring, RingError, RingLayout, SlotState
+from vidring.loader.ring import Ring, RingError, RingLayout, SlotState, provenance_dtype
 from vidring.loader.status import StatusRecord
 
 __all__ = [
-    "PROVENANCE_DTYPE",
     "Batch",
     "Client",
     "ClipDataset",
@@ -29,14 +28,16 @@ __all__ = [
     "RingError",
     "RingExhausted",
     "RingLayout",
+    "Sample",
     "SlotState",
     "StatusRecord",
     "VidringError",
+    "provenance_dtype",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("ClipDataset", "Batch"):
+    if name in ("ClipDataset", "Batch", "Sample"):
         from vidring.loader import sequence
 
         return getattr(sequence, name)

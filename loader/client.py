@@ -128,6 +128,14 @@ class Client:
     def status(self) -> StatusRecord:
         return self.call(protocol.Status(), StatusRecord)
 
+    def paths(self, indices: list[int]) -> list[str]:
+        """The files of these manifest rows."""
+        found: list[str] = []
+        for start in range(0, len(indices), protocol.MAX_PATHS_ASKED):
+            asked = indices[start:start + protocol.MAX_PATHS_ASKED]
+            found += self.call(protocol.Paths(indices=asked), protocol.PathsReply).paths
+        return found
+
     def call(self, request: protocol.Request, reply_type: type[R]) -> R:
         """Send one request and wait for its reply (bounded by timeout_s)."""
         if request.reply_type is not reply_type:

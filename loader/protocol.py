@@ -130,12 +130,28 @@ class Status(Request, tag="status"):
     reply_type = StatusRecord
 
 
+class PathsReply(Body):
+    paths: list[str]  # one per index asked, in the same order
+
+
+MAX_PATHS_ASKED = 1024  # a reply of that many long paths still fits in a message
+
+
+class Paths(Request, tag="paths"):
+    """The files of some manifest rows (a batch's provenance names rows by index)."""
+
+    reply_type = PathsReply
+    indices: Annotated[list[Int32], msgspec.Meta(max_length=MAX_PATHS_ASKED)]
+
+
 # -- daemon <-> decoder workers ---------------------------------------------------
 
 
 class Clip(msgspec.Struct, forbid_unknown_fields=True):
     position: int  # its place in the slot
     frame_pts: list[int]  # its frames' timestamps, in order
+    box: tuple[int, int, int, int] | None = None  # y0, x0, h, w of the upright frame to cut
+    flip: bool = False
 
 
 class Task(Message, tag="task"):
@@ -147,6 +163,7 @@ class Task(Message, tag="task"):
     clips: list[Clip]
     key_pts: int
     key_dts: int
+    rotation: int = 0  # degrees counter-clockwise that turn the stored frames upright
 
 
 class WorkerStop(Message, tag="worker_stop"):

@@ -4,7 +4,9 @@ One POSIX segment per pipeline, named ``vidring-<uid>-<name>``, mode 0600::
 
     [ header (4 KiB): magic, version, layout, per-slot state table ]
     [ slot 0 ][ slot 1 ] ... [ slot S-1 ]          each slot page-aligned
-    slot = [ x (B,T,H,W,C) ][ y (B,) int32 ][ provenance (B,) records ]   each 64-byte aligned
+    slot = [ x (B,T,H,W,C) ][ y ][ w (B,) float32 ][ provenance (B,) records ]
+           each 64-byte aligned; y is (B,) int32 class indices, or (B, K) float32
+           (one-hot, multi-hot or regression targets) when the layout's y_width is K
 
 The daemon alone writes the state table; workers write pixels into the places
 they are told; the trainer only reads.  Nobody here registers with
@@ -29,33 +31,35 @@ except ImportError as exc:  # pragma: no cover - non-POSIX platforms
     raise ImportError("vidring needs POSIX shared memory (Linux)") from exc
 
 MAGIC = b"VIDRING\x00"
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 PAGE_BYTES = mmap.PAGESIZE
 ALIGN_BYTES = 64
 HEADER_BYTES = 4096
 MAX_SLOTS = (HEADER_BYTES - 128) // 32
 
-DTYPES = {"uint8": 0, "float32": 1}
+DTYPES = {"uint8": 0, "float32": 1, "float16": 2}
 DTYPE_NAMES = {code: name for name, code in DTYPES.items()}
 
-# Per-sample provenance: where each clip in a batch came from.
-PROVENANCE_DTYPE = np.dtype(
-    [
+
+def provenance_dtype(clip_length: int) -> np.dtype:
+    """Per-sample provenance: where each clip of a batch came from and how it was cut."""
+    return np.dtype([
         ("video_index", "<i4"),  # row of the manifest actually decoded
         ("planned_index", "<i4"),  # row the epoch plan asked for
-        ("start_frame", "<i4"),  # the clip's first frame
-        ("stride", "<i4"),  # between its frames; 0 when they are not evenly spaced (segments)
-        ("crop", "<i4", (4,)),  # y0, x0, h, w in source pixels
-        ("flip", "u1"),
+        ("frames", "<i4", (clip_length,)),  # frame indices in the video, in order
+        ("pts", "<i8", (clip_length,)),  # and their presentation timestamps
+        ("crop", "<i4", (4,)),  # y0, x0, h, w in pixels of the upright source frame
+        ("rotation", "<i2"),  # degrees counter-clockwise that made the frames upright
+        ("flip", "u1"),  # 1 when flipped left to right after the crop
         ("replaced", "u1"),  # 1 when planned_index failed and video_index stood in
         ("padding", "u1"),  # 1 when it only fills an evaluation pipeline's last batch
         ("_pad", "u1"),
-    ]
-)
+    ])
+
 
 # magic, version, slot_count, slot_bytes, data_offset, B, T, H, W, C, dtype,
-# x_offset, y_offset, prov_offset, ring_id
-_HEADER = struct.Struct("<8sIIQQIIIIIIQQQQ")
+# x_offset, y_offset, prov_offset, ring_id, y_width, pad, w_offset
+_HEADER = struct.Struct("<8sIIQQIIIIIIQQQQIIQ")
 _SLOT_TABLE_OFFSET = 128
 # state, pad, epoch, plan_batch, fill_seq
 _SLOT_ENTRY = struct.Struct("<IIqqQ")
@@ -93,8 +97,11 @@ class RingLayout:
     width: int
     dtype: str = "uint8"
     channels: int = 3
+    y_width: int = 0  # 0: y is (B,) int32; K: y is (B, K) float32
 
     def __post_init__(self) -> None:
+        if not isinstance(self.y_width, int) or self.y_width < 0:
+            raise ValueError(f"ring layout: y_width must be an int >= 0, got {self.y_width!r}")
         for field in ("slot_count", "batch_size", "clip_length", "height", "width", "channels"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
@@ -114,6 +121,18 @@ class RingLayout:
         return np.dtype(self.dtype)
 
     @property
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.batch_size, self.y_width) if self.y_width else (self.batch_size,)
+
+    @property
+    def y_dtype(self) -> np.dtype:
+        return np.dtype("<f4" if self.y_width else "<i4")
+
+    @property
+    def provenance_dtype(self) -> np.dtype:
+        return provenance_dtype(self.clip_length)
+
+    @property
     def sample_bytes(self) -> int:
         return self.clip_length * self.height * self.width * self.channels * self.np_dtype.itemsize
 
@@ -130,13 +149,18 @@ class RingLayout:
         return _align(self.x_offset + self.x_bytes, ALIGN_BYTES)
 
     @property
+    def w_offset(self) -> int:
+        y_bytes = self.y_dtype.itemsize * int(np.prod(self.y_shape))
+        return _align(self.y_offset + y_bytes, ALIGN_BYTES)
+
+    @property
     def prov_offset(self) -> int:
-        return _align(self.y_offset + 4 * self.batch_size, ALIGN_BYTES)
+        return _align(self.w_offset + 4 * self.batch_size, ALIGN_BYTES)
 
     @property
     def slot_bytes(self) -> int:
         # Page-aligned so one slot can be mapped on its own (see Ring.map_slot).
-        end = self.prov_offset + PROVENANCE_DTYPE.itemsize * self.batch_size
+        end = self.prov_offset + self.provenance_dtype.itemsize * self.batch_size
         return _align(end, PAGE_BYTES)
 
     @property
@@ -165,6 +189,7 @@ class SlotViews:
 
     x: np.ndarray
     y: np.ndarray
+    w: np.ndarray  # sample weights
     provenance: np.ndarray
 
 
@@ -174,13 +199,15 @@ def views_of(buffer: mmap.mmap | memoryview, base_offset: int, layout: RingLayou
         buffer, dtype=layout.np_dtype, count=int(np.prod(layout.x_shape)),
         offset=base_offset + layout.x_offset,
     ).reshape(layout.x_shape)
-    y = np.frombuffer(buffer, dtype="<i4", count=layout.batch_size,
-                      offset=base_offset + layout.y_offset)
+    y = np.frombuffer(buffer, dtype=layout.y_dtype, count=int(np.prod(layout.y_shape)),
+                      offset=base_offset + layout.y_offset).reshape(layout.y_shape)
+    w = np.frombuffer(buffer, dtype="<f4", count=layout.batch_size,
+                      offset=base_offset + layout.w_offset)
     prov = np.frombuffer(
-        buffer, dtype=PROVENANCE_DTYPE, count=layout.batch_size,
+        buffer, dtype=layout.provenance_dtype, count=layout.batch_size,
         offset=base_offset + layout.prov_offset,
     )
-    return SlotViews(x, y, prov)
+    return SlotViews(x, y, w, prov)
 
 
 class Ring:
@@ -232,7 +259,7 @@ class Ring:
             mm, 0, MAGIC, LAYOUT_VERSION, layout.slot_count, layout.slot_bytes,
             layout.data_offset, layout.batch_size, layout.clip_length, layout.height,
             layout.width, layout.channels, DTYPES[layout.dtype], layout.x_offset,
-            layout.y_offset, layout.prov_offset, ring_id,
+            layout.y_offset, layout.prov_offset, ring_id, layout.y_width, 0, layout.w_offset,
         )
         ring = cls(name, fd, mm, layout, ring_id)
         for slot in range(layout.slot_count):
@@ -262,11 +289,11 @@ class Ring:
                     f"{LAYOUT_VERSION}: upgrade the trainer and daemon together"
                 )
             (_, _, slots, slot_bytes, data_offset, b, t, h, w, c, dtype_code, xo, yo, po,
-             ring_id) = fields
-            layout = RingLayout(slots, b, t, h, w, DTYPE_NAMES[dtype_code], c)
+             ring_id, y_width, _, wo) = fields
+            layout = RingLayout(slots, b, t, h, w, DTYPE_NAMES[dtype_code], c, y_width)
             expected = (layout.slot_bytes, layout.data_offset, layout.x_offset,
-                        layout.y_offset, layout.prov_offset)
-            if (slot_bytes, data_offset, xo, yo, po) != expected or size < layout.total_bytes:
+                        layout.y_offset, layout.w_offset, layout.prov_offset)
+            if (slot_bytes, data_offset, xo, yo, wo, po) != expected or size < layout.total_bytes:
                 raise RingError(f"ring {name!r} header disagrees with its layout math")
         except BaseException:
             os.close(fd)

@@ -21,6 +21,7 @@ import json
 import mmap
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,22 +51,51 @@ _MISS_PAUSE_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
+class Sample:
+    """Where one clip of a batch came from and how it was cut (README, "Provenance")."""
+
+    video_index: int  # the manifest row decoded
+    path: str  # its file
+    frames: tuple[int, ...]  # frame indices in the video
+    pts: tuple[int, ...]  # their presentation timestamps
+    crop: tuple[int, int, int, int]  # y0, x0, h, w in pixels of the upright source frame
+    rotation: int  # degrees counter-clockwise that made the source upright
+    flip: bool  # flipped left to right after the crop
+    replaced: bool  # the planned row failed and this one stood in
+    planned_index: int  # the manifest row the plan asked for
+    padding: bool  # only fills an evaluation pipeline's last batch
+    weight: float  # its sample weight
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
-    """One delivered batch; x, y and provenance all view the same slot."""
+    """One delivered batch; x, y, w and provenance all view the same slot."""
 
     x: np.ndarray
     y: np.ndarray
+    w: np.ndarray  # sample weights: the manifest's `weight` column, 0 for padding
     provenance: np.ndarray
     epoch: int
     index: int
     plan_batch: int
     lease_id: int
+    _paths: Callable[[Sequence[int]], list[str]]
 
     @property
     def sample_weight(self) -> np.ndarray:
-        """1 for every real clip, 0 for the padding of an evaluation pipeline's last batch."""
-        weights: np.ndarray = (self.provenance["padding"] == 0).astype(np.float32)
-        return weights
+        return self.w
+
+    def samples(self) -> list[Sample]:
+        """One record per clip of the batch, its file's path included."""
+        prov = self.provenance
+        paths = self._paths([int(v) for v in prov["video_index"]])
+        return [Sample(int(p["video_index"]), path, tuple(int(f) for f in p["frames"]),
+                       tuple(int(t) for t in p["pts"]),
+                       (int(p["crop"][0]), int(p["crop"][1]), int(p["crop"][2]),
+                        int(p["crop"][3])),
+                       int(p["rotation"]), bool(p["flip"]), bool(p["replaced"]),
+                       int(p["planned_index"]), bool(p["padding"]), float(w))
+                for p, path, w in zip(prov, paths, self.w, strict=True)]
 
 
 class ClipDataset(keras.utils.PyDataset):
@@ -107,6 +137,7 @@ class ClipDataset(keras.utils.PyDataset):
             self._client.close()
             raise
         self.layout: RingLayout = self._ring.layout
+        self._path_of: dict[int, str] = {}
         self._batches_per_epoch = self.info.batches
         self._held = HeldBatches(self._client)
         # An evaluation pipeline's batches do not depend on the epoch anyway.
@@ -136,12 +167,25 @@ class ClipDataset(keras.utils.PyDataset):
         return self._batches_per_epoch
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
-        """(x, y), or (x, y, sample_weight) from an evaluation pipeline, whose last batch is
-        padded: its weights make Keras's metrics exactly those of the real clips."""
+        """(x, y), or (x, y, sample_weight) when the manifest has a `weight` column or the
+        pipeline evaluates (its last batch is padded: weight 0, so Keras's metrics are
+        exactly those of the real clips)."""
         batch = self.batch(index)
-        if self.info.status.evaluation:
-            return batch.x, batch.y, batch.sample_weight
+        if self.info.status.evaluation or self.info.status.weights:
+            return batch.x, batch.y, batch.w
         return batch.x, batch.y
+
+    @property
+    def class_names(self) -> list[str]:
+        """The class names in label order (empty when the manifest's labels are numbers)."""
+        return sorted(self.info.classes, key=self.info.classes.__getitem__)
+
+    def paths(self, video_indices: Sequence[int]) -> list[str]:
+        """The files of these manifest rows (asked of the daemon once, then remembered)."""
+        missing = sorted({int(i) for i in video_indices} - self._path_of.keys())
+        if missing:
+            self._path_of.update(zip(missing, self._client.paths(missing), strict=True))
+        return [self._path_of[int(i)] for i in video_indices]
 
     def on_epoch_begin(self) -> None:
         self._epochs.begin()
@@ -201,8 +245,8 @@ class ClipDataset(keras.utils.PyDataset):
             raise
         views = views_of(slot_map, 0, self.layout)
         self._held.add(slot_map, lease_id)
-        return Batch(views.x, views.y, views.provenance, lease.epoch, int(index),
-                     plan_batch, lease_id)
+        return Batch(views.x, views.y, views.w, views.provenance, lease.epoch, int(index),
+                     plan_batch, lease_id, self.paths)
 
     def _lease(self, index: int) -> protocol.Lease:
         # The daemon answers RingFull when this trainer holds every slot it could

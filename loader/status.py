@@ -103,6 +103,14 @@ class StatusRecord:
     """Clips of each video per epoch."""
     evaluation: bool
     """Every video in manifest order, the same each epoch, the last batch padded (weight 0)."""
+    preprocess: str
+    """Resize, crop, flip, filter and normalisation of the frames, in words."""
+    labels: str
+    """What labels become: index (int32 (B,)), onehot, multi (multi-hot) or regression."""
+    label_shape: tuple[int, ...]
+    """Shape of `y`."""
+    weights: bool
+    """The manifest gives sample weights: a ClipDataset yields (x, y, weight)."""
     slots: SlotCounts
     """The ring's slots by state."""
     workers: WorkerCounts

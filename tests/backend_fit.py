@@ -42,7 +42,7 @@ class Recording(ClipDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         b = self.batch(index)
         if self.in_epoch:
-            rows = [(int(p["video_index"]), int(p["start_frame"])) for p in b.provenance]
+            rows = [(int(p["video_index"]), int(p["frames"][0])) for p in b.provenance]
             self.seen.setdefault(b.epoch, {})[b.plan_batch] = rows
         return b.x, b.y
 

@@ -5,18 +5,20 @@ Fixtures that use them live in conftest.py.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
 import psutil
 
-from vidring.daemon.decode import INTERPOLATION
+from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.daemon.launch import start_daemon, stop_daemon
 from vidring.loader import Client, ClipDataset
 from vidring.loader.ring import segment_name
@@ -75,9 +77,49 @@ def reference_decode(path: str | Path, height: int, width: int) -> np.ndarray:
     with the same swscale filter (a fresh reformatter, default threads)."""
     with av.open(str(path)) as container:
         frames = [f.reformat(width=width, height=height, format="rgb24",
-                             interpolation=INTERPOLATION).to_ndarray()
+                             interpolation=INTERPOLATIONS[DEFAULT_INTERPOLATION]).to_ndarray()
                   for f in container.decode(video=0)]
     return np.stack(frames)
+
+
+def reference_sample(path: str | Path, prov: np.void, size: tuple[int, int],
+                     interpolation: str = DEFAULT_INTERPOLATION) -> np.ndarray:
+    """The (T, H, W, 3) uint8 clip a provenance row describes, made independently: frames
+    decoded sequentially from the start, the upright box found by turning an index grid,
+    cut with FFmpeg's crop filter, resized with the same swscale filter, turned upright
+    and flipped with numpy."""
+    frames = _decoded(str(path))
+    y0, x0, h, w = (int(v) for v in prov["crop"])
+    turns = int(prov["rotation"]) // 90 % 4
+    out = []
+    for index in prov["frames"]:
+        frame = frames[int(index)]
+        grid = np.arange(frame.height * frame.width).reshape(frame.height, frame.width)
+        cells = np.rot90(grid, turns)[y0:y0 + h, x0:x0 + w]
+        rows, cols = cells // frame.width, cells % frame.width
+        sy, sx = int(rows.min()), int(cols.min())
+        sh, sw = int(rows.max()) - sy + 1, int(cols.max()) - sx + 1
+        graph = av.filter.Graph()
+        source = graph.add_buffer(template=None, width=frame.width, height=frame.height,
+                                  format=frame.format.name, time_base=Fraction(1, 30))
+        crop = graph.add("crop", f"w={sw}:h={sh}:x={sx}:y={sy}:exact=1")
+        sink = graph.add("buffersink")
+        source.link_to(crop)
+        crop.link_to(sink)
+        graph.configure()
+        graph.push(frame)
+        height, width = (size[1], size[0]) if turns % 2 else size
+        rgb = graph.pull().reformat(width=width, height=height, format="rgb24",
+                                    interpolation=INTERPOLATIONS[interpolation]).to_ndarray()
+        rgb = np.rot90(rgb, turns)
+        out.append(rgb[:, ::-1] if prov["flip"] else rgb)
+    return np.stack(out)
+
+
+@functools.lru_cache(maxsize=32)
+def _decoded(path: str) -> list[Any]:
+    with av.open(path) as container:
+        return list(container.decode(video=0))
 
 
 class Daemons:

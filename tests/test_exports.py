@@ -10,10 +10,9 @@ from tests.support import cli
 
 def test_every_export_exists() -> None:
     assert set(vidring.loader.__all__) == {
-        "PROVENANCE_DTYPE", "Batch", "ClipDataset", "Client", "DaemonError", "DaemonUnavailable",
-        "LeaseExpired",
-        "Ring", "RingError", "RingExhausted", "RingLayout", "SlotState", "StatusRecord",
-        "VidringError",
+        "Batch", "ClipDataset", "Client", "DaemonError", "DaemonUnavailable", "LeaseExpired",
+        "Ring", "RingError", "RingExhausted", "RingLayout", "Sample", "SlotState", "StatusRecord",
+        "VidringError", "provenance_dtype",
     }
     for name in vidring.loader.__all__:
         assert getattr(vidring.loader, name) is not None, name

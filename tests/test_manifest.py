@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vidring.daemon.manifest import ManifestError, load_manifest
+from vidring.daemon.targets import targets
 
 
 def test_csv_relative_and_absolute_paths(tmp_path: Path) -> None:
@@ -14,23 +15,27 @@ def test_csv_relative_and_absolute_paths(tmp_path: Path) -> None:
     csv = tmp_path / "sub" / "m.csv"
     csv.write_text("path,label\na.mp4,3\n/abs/b.mp4,4\n\n")
     m = load_manifest(csv)
-    assert [(r.path, r.label) for r in m.rows] == [
-        (tmp_path / "sub" / "a.mp4", 3), (Path("/abs/b.mp4"), 4)]
+    assert [r.path for r in m.rows] == [tmp_path / "sub" / "a.mp4", Path("/abs/b.mp4")]
+    assert targets(m).y.tolist() == [3, 4]
 
 
 def test_csv_without_header(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
     csv.write_text("a.mp4,1\n")
-    assert load_manifest(csv).rows[0].label == 1
+    assert targets(load_manifest(csv)).y.tolist() == [1]
 
 
 @pytest.mark.parametrize(
     ("text", "complaint"),
     [
-        ("path,label\na.mp4,cat\n", r"line 2: field 'label' must be an integer, got 'cat'"),
         ("path,label\na.mp4\n", r"line 2: expected 2 fields"),
         ("path,label\n ,1\n", r"line 2: field 'path' is empty"),
         ("path,label\na.mp4,99999999999\n", r"line 2: field 'label' .* int32"),
+        ("path,label\na.mp4,\n", r"line 2: field 'label' is empty"),
+        ("path,label\na.mp4,cat;dog\n", r"line 2: field 'label' 'cat;dog' holds several"),
+        ("path,label,size\na.mp4,1,3\n", r"line 1: unknown column 'size'"),
+        ("path,label,weight\na.mp4,1,-2\n", r"line 2: field 'weight' must be a number >= 0"),
+        ("path,label,weight\na.mp4,1,heavy\n", r"line 2: field 'weight' must be a number"),
         ("path,label\n", "no videos"),
     ],
 )
@@ -38,7 +43,7 @@ def test_csv_errors_name_line_and_field(tmp_path: Path, text: str, complaint: st
     csv = tmp_path / "m.csv"
     csv.write_text(text)
     with pytest.raises(ManifestError, match=complaint) as info:
-        load_manifest(csv)
+        targets(load_manifest(csv))
     assert str(csv) in str(info.value)
 
 
@@ -48,7 +53,10 @@ def test_jsonl(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="line 2: missing field 'label'"):
         load_manifest(jl)
     jl.write_text('{"path": "a.mp4", "label": 2}\n')
-    assert load_manifest(jl).rows[0].label == 2
+    assert targets(load_manifest(jl)).y.tolist() == [2]
+    jl.write_text('{"path": "a.mp4", "label": 2, "camera": "left"}\n')
+    with pytest.raises(ManifestError, match="line 1: unknown field 'camera'"):
+        load_manifest(jl)
 
 
 def test_class_folders_map_sorted_names_to_ints(tmp_path: Path) -> None:
@@ -59,7 +67,9 @@ def test_class_folders_map_sorted_names_to_ints(tmp_path: Path) -> None:
     (tmp_path / "walk" / "notes.txt").write_text("not a video")
     m = load_manifest(tmp_path)
     assert m.classes == {"empty": 0, "jump": 1, "walk": 2}
-    assert sorted((r.path.name, r.label) for r in m.rows) == [
+    labels = targets(m)
+    assert labels.classes == m.classes
+    assert sorted((r.path.name, int(y)) for r, y in zip(m.rows, labels.y, strict=True)) == [
         ("x.mp4", 2), ("y.MKV", 2), ("z.mp4", 1)]
 
 
@@ -86,7 +96,7 @@ def test_start_and_end_seconds_in_csv_and_jsonl(tmp_path: Path) -> None:
         ("a.mp4,1,x,2\n", r"line 1: field 'start' must be seconds, got 'x'"),
         ("a.mp4,1,-1,2\n", r"line 1: field 'start' must be >= 0 seconds"),
         ("a.mp4,1,3,2\n", r"line 1: 'end' 2 must come after 'start' 3"),
-        ("a.mp4,1,3\n", r"line 1: expected 2 fields 'path,label' or 4"),
+        ("a.mp4,1,3\n", r"line 1: expected 2 fields 'path,label', 4"),
     ],
 )
 def test_bad_start_or_end_names_line_and_field(tmp_path: Path, text: str,

@@ -11,7 +11,6 @@ import pytest
 from vidring.loader.ring import (
     ALIGN_BYTES,
     PAGE_BYTES,
-    PROVENANCE_DTYPE,
     Ring,
     RingError,
     RingLayout,
@@ -31,15 +30,17 @@ def test_layout_alignment() -> None:
     lay = RingLayout(slot_count=3, batch_size=5, clip_length=7, height=11, width=13,
                      dtype="float32")
     assert lay.slot_bytes % PAGE_BYTES == 0
-    for off in (lay.x_offset, lay.y_offset, lay.prov_offset, lay.data_offset):
+    for off in (lay.x_offset, lay.y_offset, lay.w_offset, lay.prov_offset, lay.data_offset):
         assert off % ALIGN_BYTES == 0
     assert lay.y_offset >= lay.x_bytes
-    assert lay.prov_offset >= lay.y_offset + 4 * 5
-    assert lay.slot_bytes >= lay.prov_offset + PROVENANCE_DTYPE.itemsize * 5
+    assert lay.w_offset >= lay.y_offset + 4 * 5
+    assert lay.prov_offset >= lay.w_offset + 4 * 5
+    assert lay.slot_bytes >= lay.prov_offset + lay.provenance_dtype.itemsize * 5
     assert lay.total_bytes == lay.data_offset + 3 * lay.slot_bytes
 
 
-@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"dtype": "float16"}, {"slot_count": 10**6}])
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"dtype": "float64"}, {"slot_count": 10**6},
+                                 {"y_width": -1}])
 def test_layout_rejects_bad_fields(bad: dict) -> None:
     args = dict(slot_count=2, batch_size=2, clip_length=2, height=2, width=2) | bad
     with pytest.raises(ValueError, match=next(iter(bad))):
@@ -70,6 +71,37 @@ def test_create_attach_share_memory_and_unlink(seg_name: str) -> None:
     with pytest.raises(RingError, match="no ring segment"):
         Ring.attach(seg_name)
     assert not os.path.exists(f"/dev/shm/{seg_name}")
+
+
+def test_wide_targets_weights_and_provenance_round_trip(seg_name: str) -> None:
+    lay = RingLayout(slot_count=2, batch_size=3, clip_length=4, height=4, width=5,
+                     dtype="float16", y_width=7)
+    ring = Ring.create(seg_name, lay)
+    try:
+        views = ring.views(1)
+        views.y[2] = np.arange(7)
+        views.w[:] = (0.5, 1.0, 0.0)
+        views.provenance[0] = (9, 8, [1, 2, 3, 4], [10, 20, 30, 40], (2, 4, 6, 8), 90, 1, 0,
+                               0, 0)
+        reader = Ring.attach(seg_name)
+        assert reader.layout == lay
+        got = reader.views(1)
+        assert got.x.dtype == np.float16
+        assert got.y.shape == (3, 7)
+        assert got.y.dtype == np.float32
+        np.testing.assert_array_equal(got.y[2], np.arange(7))
+        np.testing.assert_array_equal(got.w, (0.5, 1.0, 0.0))
+        prov = got.provenance[0]
+        assert list(prov["frames"]) == [1, 2, 3, 4]
+        assert list(prov["pts"]) == [10, 20, 30, 40]
+        assert list(prov["crop"]) == [2, 4, 6, 8]
+        assert (prov["rotation"], prov["flip"]) == (90, 1)
+        del got, prov
+        reader.close()
+    finally:
+        del views
+        ring.close()
+        ring.unlink()
 
 
 def test_separate_slot_mapping_sees_the_same_bytes(seg_name: str) -> None:

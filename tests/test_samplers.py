@@ -151,7 +151,7 @@ def test_start_and_end_bound_every_clip_to_its_segment(daemons: Daemons, video_d
             for i in range(len(ds)):
                 b = ds.batch(i)
                 for pos, prov in enumerate(b.provenance):
-                    video, start = int(prov["video_index"]), int(prov["start_frame"])
+                    video, start = int(prov["video_index"]), int(prov["frames"][0])
                     assert 6 <= start <= 18 - CLIP, f"video {video} starts at {start}"
                     np.testing.assert_array_equal(b.x[pos], refs[video][start:start + CLIP])
                     videos.append(video)

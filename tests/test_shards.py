@@ -46,7 +46,7 @@ def _starts(ds: ClipDataset) -> dict[int, int]:
     out = {}
     for i in range(len(ds)):
         for p in ds.batch(i).provenance:
-            out[int(p["video_index"])] = int(p["start_frame"])
+            out[int(p["video_index"])] = int(p["frames"][0])
     ds.set_epoch(ds.epoch + 1)
     return out
 

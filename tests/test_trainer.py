@@ -72,9 +72,9 @@ def test_pixels_equal_an_independent_sequential_decode(main_pipeline: str, video
                 if video not in references:
                     references[video] = reference_decode(video_dir / f"v{video:02d}.mp4", *SIZE)
                 ref = references[video]
-                frames = sampler.clip_frames(int(prov["start_frame"]), len(ref), CLIP, 1)
+                frames = sampler.clip_frames(int(prov["frames"][0]), len(ref), CLIP, 1)
                 np.testing.assert_array_equal(b.x[pos], ref[frames],
-                                              err_msg=f"video {video} start {prov['start_frame']}")
+                                              err_msg=f"video {video} start {prov['frames'][0]}")
                 assert b.y[pos] == video  # labels are the video index in this manifest
                 seen_cross_gop |= frames[0] // 10 != frames[-1] // 10
     assert len(references) >= N_VIDEOS - 3
