@@ -6,13 +6,17 @@ Corpus: 640x360 H.264, 10 s at 30 fps, GOP 250 (benchmarks/corpus.py, cached). B
   keras-mp        the same PyDataset through Keras's enqueuer, multiprocessing, N workers
   pyav-straight   a straightforward single-process PyAV reader
   vidring         the vidring daemon with N decoder workers, read through ClipDataset
+  vidring-augment the same with a video model's preprocessing: short side 128, a random
+                  112x112 crop, random flips, float32 normalised by mean and std
+                  (`--preset augment` runs it beside plain vidring: the cost of augmenting)
 Every loader decodes the same clips: the ones vidring's epoch plan (a pure function of the
 manifest and seed) puts in the timed batches, i.e. random videos at uniformly random starts.
 CPU counts this process and all its descendants (Keras pool workers, the daemon and its
 workers); a process that exits inside a timed window loses its share.
 
     python benchmarks/throughput.py [--videos 12] [--clips 320] [--workers N]
-                                    [--corpus-dir D] [--loaders a,b] [--json out.json]
+                                    [--corpus-dir D] [--loaders a,b] [--preset augment]
+                                    [--json out.json]
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ if TYPE_CHECKING:
 BATCH_SIZE = 8
 CLIP_LENGTH = 16
 WIDTH = HEIGHT = 112
-LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring")
+LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring", "vidring-augment")
+AUGMENT = ["--resize", "short_side", "--short-side", "128", "--crop", "random", "--flip",
+           "--dtype", "float32", "--mean", "0.45,0.45,0.45", "--std", "0.225,0.225,0.225"]
+PRESETS = {"augment": "vidring,vidring-augment"}
 VIDRING_SLOTS = 8
 # Draining more batches than the ring holds leaves it empty, so vidring's timed window sees
 # only batches decoded inside it, not ones prefetched while the benchmark connected.
@@ -167,7 +174,8 @@ def run_pyav(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
 
 
 def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
-                seed: int, sampling: sampler.Sampling) -> Result:
+                seed: int, sampling: sampler.Sampling, *, loader: str = "vidring",
+                extra: list[str] | None = None) -> Result:
     with tempfile.TemporaryDirectory(prefix="vidring-bench-") as scratch:
         manifest_path = write_manifest([Path(v) for v in videos], Path(scratch) / "manifest.csv",
                                        n_rows=n_rows)
@@ -175,7 +183,8 @@ def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
                      clip_length=CLIP_LENGTH, width=WIDTH, height=HEIGHT, workers=workers,
                      slots=VIDRING_SLOTS, seed=seed, log_path=Path(scratch) / "daemon.log",
                      extra=["--sampler", sampling.sampler,
-                            "--clips-per-video", str(sampling.clips_per_video)]) as dataset:
+                            "--clips-per-video", str(sampling.clips_per_video),
+                            *(extra or [])]) as dataset:
             indices = indices_across_epochs(dataset)
             for _ in range(VIDRING_WARMUP_BATCHES):
                 batch = dataset[next(indices)]
@@ -188,7 +197,7 @@ def run_vidring(videos: list[str], n_rows: int, n_batches: int, workers: int,
                 clips += len(batch[0])
                 del batch
             wall_s, cpu_s = watch.stop()
-    return Result("vidring", clips, wall_s, cpu_s, f"{workers} workers")
+    return Result(loader, clips, wall_s, cpu_s, f"{workers} workers")
 
 
 def _dropped_note(clips: int, clips_asked: int) -> str:
@@ -198,15 +207,21 @@ def _dropped_note(clips: int, clips_asked: int) -> str:
 def print_table(results: list[Result]) -> None:
     by_name = {r.loader: r for r in results}
     naive, pyav = by_name.get("naive-opencv"), by_name.get("pyav-straight")
-    header = (f"{'loader':<14} {'clips':>6} {'seconds':>8} {'clips/s':>8} {'CPU s/clip':>10} "
+    plain, augment = by_name.get("vidring"), by_name.get("vidring-augment")
+    header = (f"{'loader':<15} {'clips':>6} {'seconds':>8} {'clips/s':>8} {'CPU s/clip':>10} "
               f"{'x naive clips/s':>15} {'x PyAV CPU/clip':>15}  note")
     print(header)
     print("-" * len(header))
     for r in results:
         vs_naive = f"{r.clips_per_s / naive.clips_per_s:.2f}" if naive else "-"
         vs_pyav = f"{r.cpu_s_per_clip / pyav.cpu_s_per_clip:.2f}" if pyav else "-"
-        print(f"{r.loader:<14} {r.clips:>6} {r.wall_s:>8.2f} {r.clips_per_s:>8.1f} "
+        print(f"{r.loader:<15} {r.clips:>6} {r.wall_s:>8.2f} {r.clips_per_s:>8.1f} "
               f"{r.cpu_s_per_clip:>10.3f} {vs_naive:>15} {vs_pyav:>15}  {r.note}")
+    if plain and augment:
+        cpu = augment.cpu_s_per_clip / plain.cpu_s_per_clip - 1
+        rate = augment.clips_per_s / plain.clips_per_s - 1
+        print(f"\naugmenting costs {cpu:+.1%} CPU per clip ({augment.cpu_s_per_clip * 1e3:.1f} "
+              f"vs {plain.cpu_s_per_clip * 1e3:.1f} ms) and {rate:+.1%} clips/s")
 
 
 def main() -> None:
@@ -218,7 +233,10 @@ def main() -> None:
                         help="Keras pool processes and vidring decoder workers")
     parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
     parser.add_argument("--seconds", type=float, default=10, help="length of each video")
-    parser.add_argument("--loaders", default=",".join(LOADERS))
+    parser.add_argument("--loaders", default=",".join(LOADERS[:4]))
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="augment: vidring plain and with augmentation, each run twice "
+                             "(sets --loaders)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", default="random",
                         choices=["random", "random_keyframe", "uniform"],
@@ -228,7 +246,7 @@ def main() -> None:
                              "vidring decodes in one pass where one reaches them")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
-    loaders = args.loaders.split(",")
+    loaders = (PRESETS[args.preset] if args.preset else args.loaders).split(",")
     if unknown := set(loaders) - set(LOADERS):
         parser.error(f"unknown loaders {sorted(unknown)}; known: {','.join(LOADERS)}")
 
@@ -256,11 +274,21 @@ def main() -> None:
         "pyav-straight": lambda: run_pyav([warmup], batches, labels),
         "vidring": lambda: run_vidring(videos, n_rows, n_batches, args.workers, args.seed,
                                        sampling),
+        "vidring-augment": lambda: run_vidring(videos, n_rows, n_batches, args.workers,
+                                               args.seed, sampling, loader="vidring-augment",
+                                               extra=AUGMENT),
     }
-    results = []
-    for name in loaders:
+    # A preset compares two loaders: they run A B B A, so a drift of the machine's speed
+    # during the run falls on both alike; each row sums its two runs.
+    order = [*loaders, *reversed(loaders)] if args.preset else loaders
+    runs: dict[str, list[Result]] = {}
+    for name in order:
         print(f"running {name} ...", flush=True)
-        results.append(runners[name]())
+        runs.setdefault(name, []).append(runners[name]())
+    results = [Result(name, sum(r.clips for r in rs), sum(r.wall_s for r in rs),
+                      sum(r.cpu_s for r in rs), rs[0].note + (f", {len(rs)} runs" if len(rs) > 1
+                                                              else ""))
+               for name, rs in runs.items()]
     print()
     print_table(results)
     if args.json:

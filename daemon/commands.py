@@ -203,6 +203,9 @@ def format_status(st: StatusRecord) -> str:
     lines = [
         f"pipeline  {st.name} (pid {st.pid})  epoch {st.epoch}  "
         f"{st.batches_per_epoch} batches/epoch of {shape} {st.dtype}",
+        f"frames    {st.preprocess}",
+        f"labels    {st.labels}, y {'x'.join(str(v) for v in st.label_shape)}"
+        f"{', with sample weights' if st.weights else ''}",
         f"queue     {slots.ready} ready / {slots.total} slots  "
         f"({slots.filling} filling, {slots.leased} leased, {slots.free} free)",
         f"workers   {workers.alive} alive / {workers.target} wanted  "
