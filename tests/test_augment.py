@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vidring.daemon.augment import Augment, parse_jitter, place, stored_box
+from vidring.daemon.config import ConfigError, build
 
 JITTER = Augment(112, 112, "short_side", (128, 160), "random", flip=True)
 
@@ -105,3 +106,30 @@ def test_jitter_text() -> None:
     assert parse_jitter("128:160") == (128, 160)
     with pytest.raises(ValueError, match="MIN:MAX"):
         parse_jitter("128-160")
+
+
+BASE = {"manifest": "m.csv", "name": "t", "batch_size": 2, "clip_length": 4, "size": "112x112",
+        "workers": 1}
+
+
+@pytest.mark.parametrize(
+    ("settings", "complaint"),
+    [
+        ({"mean": "0.5,0.5,0.5"}, "mean: needs --dtype float16 or float32"),
+        ({"dtype": "float32", "std": "1,0,1"}, "std: expected three numbers R,G,B > 0"),
+        ({"dtype": "float32", "mean": "0.5,0.5"}, "mean: expected three numbers"),
+        ({"dtype": "float32", "mean": "a,b,c"}, "mean: expected numbers R,G,B"),
+        ({"resize": "short_side", "short_side": 128, "scale_jitter": "128:160"},
+         "give --short-side or --scale-jitter, not both"),
+        ({"resize": "short_side", "scale_jitter": "128"}, "scale_jitter: expected MIN:MAX"),
+    ],
+)
+def test_bad_preprocessing_flags_are_named(settings: dict, complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        build(BASE | settings)
+
+
+def test_a_toml_list_is_a_mean() -> None:
+    config = build(BASE | {"dtype": "float16", "mean": [0.4, 0.5, 0.6], "std": "0.2,0.2,0.2"})
+    assert config.mean == (0.4, 0.5, 0.6)
+    assert config.std == (0.2, 0.2, 0.2)

@@ -24,13 +24,14 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NORMALISE = ["--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
 
 
-def _check_epoch(ds: ClipDataset, to_float: bool = False) -> list[np.void]:
+def _check_epoch(ds: ClipDataset, to_float: bool = False,
+                 interpolation: str = "area") -> list[np.void]:
     """Compare every sample of one epoch with its reference; the provenance rows seen."""
     rows = []
     for i in range(len(ds)):
         batch = ds.batch(i)
         for sample, x, prov in zip(batch.samples(), batch.x, batch.provenance, strict=True):
-            ref = reference_sample(sample.path, prov, SIZE)
+            ref = reference_sample(sample.path, prov, SIZE, interpolation)
             if to_float:
                 want = (ref / 255.0 - np.array(MEAN)) / np.array(STD)
                 np.testing.assert_allclose(x, want, rtol=0, atol=1e-6)
@@ -51,6 +52,14 @@ def test_crops_and_flips_equal_the_reference(daemons: Daemons, manifest: Path) -
     assert all(r["crop"][2] <= HEIGHT and r["crop"][3] <= WIDTH for r in rows)
     assert 0 < sum(int(r["flip"]) for r in rows) < len(rows)
     assert status.preprocess == "short side 32:44, random crop 24x32, flip, area"
+
+
+def test_another_filter_is_used_as_asked(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=2, extra=[*AUGMENT, "--interpolation", "bicubic"])
+    with ClipDataset(name) as ds:
+        _check_epoch(ds, interpolation="bicubic")
+        with pytest.raises(AssertionError):
+            _check_epoch(ds)  # the default filter gives other bytes
 
 
 def test_normalised_floats_within_1e_6(daemons: Daemons, manifest: Path) -> None:
