@@ -11,6 +11,7 @@ from it.  Adding a command is adding one class here.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
@@ -108,7 +109,7 @@ class Paths(Command[protocol.Paths]):
         for index in req.indices:
             if index >= len(rows):
                 raise BadRequest(f"manifest row {index} out of range 0..{len(rows) - 1}")
-        return protocol.PathsReply(paths=[str(rows[i].path) for i in req.indices])
+        return protocol.PathsReply(paths=[os.fsencode(rows[i].path) for i in req.indices])
 
 
 @command

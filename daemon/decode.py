@@ -102,6 +102,10 @@ class ClipDecoder:
             old.close()
         return entry
 
+    def forget(self, path: str) -> None:
+        """Close `path` if open (it changed on disk)."""
+        self._forget(path)
+
     def _forget(self, path: str) -> None:
         entry = self._open.pop(path, None)
         if entry is not None:

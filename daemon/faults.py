@@ -1,7 +1,9 @@
 """Bad videos: failures in a row, retry delays, quarantine, and the error counts status shows.
 
 A file that cannot be probed is quarantined at once (it will not decode
-later).  A clip that fails to decode, or whose worker dies under it, is
+later), and so is one deleted or replaced since it was probed (it will not come
+back in a few seconds; a replaced file's frames and keyframes are not the
+probe's).  A clip that fails to decode, or whose worker dies under it, is
 retried after `retry_delay_s`, then 4x that; a third failure in a row
 quarantines its video for the daemon's lifetime.  A success resets the run.
 Quarantined videos' samples get deterministic stand-ins (sampler.replacement).
@@ -12,7 +14,13 @@ from __future__ import annotations
 import collections
 import logging
 
-from vidring.loader.status import MAX_REASON_CHARS, RECENT_QUARANTINED, ErrorSummary, FileError
+from vidring.loader.status import (
+    MAX_REASON_CHARS,
+    RECENT_QUARANTINED,
+    ErrorSummary,
+    FileError,
+    printable,
+)
 
 log = logging.getLogger("vidring.daemon")
 
@@ -40,10 +48,10 @@ class FaultLedger:
         a quarantined file, but no sample of it is ever planned or stood in for."""
         self._record(video, reason, quarantine=True)
 
-    def clip_failed(self, video: int, reason: str) -> float | None:
+    def clip_failed(self, video: int, reason: str, *, permanent: bool = False) -> float | None:
         """Seconds to wait before retrying the clip, or None: the video is quarantined now."""
         self._in_a_row[video] = failures = self._in_a_row.get(video, 0) + 1
-        quarantine = failures >= MAX_FAILURES_IN_A_ROW
+        quarantine = permanent or failures >= MAX_FAILURES_IN_A_ROW
         self._record(video, reason, quarantine=quarantine)
         return None if quarantine else self.retry_delay_s * _BACKOFF ** (failures - 1)
 
@@ -52,7 +60,7 @@ class FaultLedger:
         self.replaced_samples += int(replaced)
 
     def _record(self, video: int, reason: str, *, quarantine: bool) -> None:
-        path = self._paths[video]
+        path = printable(self._paths[video])
         self.error_count += 1
         self.last_error = FileError(path=path, reason=reason[:MAX_REASON_CHARS])
         if quarantine:

@@ -15,6 +15,7 @@ line and field: nothing is silently dropped.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -74,7 +75,7 @@ def _from_csv(src: Path) -> Manifest:
     rows: list[VideoRow] = []
     columns: list[str] | None = None
     weighted = False
-    with src.open(newline="", encoding="utf-8") as fh:
+    with io.StringIO(_text(src), newline="") as fh:
         for lineno, record in enumerate(csv.reader(fh), start=1):
             where = f"manifest {src}, line {lineno}"
             if not record or all(not cell.strip() for cell in record):
@@ -99,6 +100,17 @@ def _from_csv(src: Path) -> Manifest:
     return Manifest(src, tuple(rows), weighted=weighted)
 
 
+def _text(src: Path) -> str:
+    """The manifest as text; bytes that are not UTF-8 are an error naming their line."""
+    data = src.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ManifestError(f"manifest {src}, line {line}: byte 0x{data[exc.start]:02x} is not "
+                            "UTF-8; save the manifest as UTF-8") from None
+
+
 def _header(names: list[str], where: str) -> list[str]:
     for name in names:
         if name not in COLUMNS:
@@ -114,7 +126,7 @@ def _header(names: list[str], where: str) -> list[str]:
 def _from_jsonl(src: Path) -> Manifest:
     rows: list[VideoRow] = []
     weighted = False
-    with src.open(encoding="utf-8") as fh:
+    with io.StringIO(_text(src)) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue

@@ -6,10 +6,13 @@ States, each transition written where it happens:
 
     STARTING -> IDLE       its worker_ready arrived
     IDLE -> BUSY           assign(): a task was sent to it
+    IDLE -> STOPPING       silent for IDLE_SILENCE_S despite pings (liveness.py): killed
+                           now, started again once gone
     BUSY -> IDLE           its task_done arrived
     IDLE -> STOPPING       scaled down: worker_stop now, SIGTERM and SIGKILL on deadlines
     BUSY -> STOPPING       scaled down (it finishes its clip first), or its decode ran
-                           past the task timeout (SIGKILL now; started again once gone)
+                           past its stall deadline (liveness.py; SIGKILL now, started
+                           again once gone)
     STARTING -> STOPPING   scaled down, or not ready within START_TIMEOUT_S (killed: a
                            failed start when reaped)
     * -> EXITED            its process is gone; a worker still wanted goes on:
@@ -28,20 +31,23 @@ daemon's loop, starts and stops processes.  See NOTE [ shutdown ] in server.py.
 
 from __future__ import annotations
 
-import enum
 import logging
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from vidring.daemon.tasks import Job
+from vidring.daemon.liveness import IDLE_SILENCE_S, PING_INTERVAL_S, DecodeTimes
+from vidring.daemon.workers import NEVER, Finished, Starter, Worker, WorkerState
 from vidring.loader import protocol
 from vidring.loader.status import WorkerCounts
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from vidring.daemon.tasks import Job
 
 log = logging.getLogger("vidring.daemon")
 
@@ -54,67 +60,8 @@ START_TIMEOUT_S = 60.0
 # After the n-th failed start in a row, wait RESPAWN_BACKOFF_S * 2**(n-1) before the next.
 RESPAWN_BACKOFF_S = 1.0
 MAX_FAILED_STARTS = 5
-_NEVER = float("inf")
 # Messages handled per socket per turn of the loop, so a flood on one cannot starve the other.
 DRAIN_LIMIT = 1000
-
-
-class WorkerState(enum.IntEnum):
-    STARTING = 0
-    IDLE = 1
-    BUSY = 2
-    STOPPING = 3
-    BACKOFF = 4
-    FATAL = 5
-    EXITED = 6
-
-
-class Process(Protocol):
-    """What the pool needs of a worker process; subprocess.Popen is one."""
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | Any: ...
-
-    def poll(self) -> int | None: ...
-
-    def send_signal(self, sig: int) -> None: ...
-
-    def wait(self, timeout: float | None = None) -> int: ...
-
-
-# Starts a worker process that will connect with this ZeroMQ identity.
-Starter = Callable[[bytes], Process]
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A job handed back by the pool: done (error == "") or failed with its reason."""
-
-    job: Job
-    error: str
-
-
-@dataclass(slots=True, eq=False)
-class Worker:
-    worker_id: int
-    state: WorkerState = WorkerState.EXITED
-    proc: Process | None = None
-    generation: int = 0  # one per process started, so a late message of an earlier one is ignored
-    started_at: float = 0.0
-    failed_starts: int = 0  # in a row; reset when one becomes ready
-    start_failed: bool = False  # STOPPING: killed for not becoming ready
-    task: Job | None = None  # the job it decodes
-    task_started: float = 0.0
-    deadline: float = _NEVER  # STARTING: ready by; STOPPING: next signal; BACKOFF: start at
-    signals_sent: int = 0  # STOPPING: 0 worker_stop only, 1 SIGTERM, 2 SIGKILL
-    respawn: bool = False  # STOPPING: start it again once it is gone
-
-    @property
-    def identity(self) -> bytes:
-        return f"w{self.worker_id}.{self.generation}".encode()
 
 
 class WorkerPool:
@@ -123,7 +70,7 @@ class WorkerPool:
         self.socket = socket
         self._starter = starter
         self._target = target
-        self._task_timeout_s = task_timeout_s
+        self.decode_times = DecodeTimes(task_timeout_s)
         self._clock = clock
         self._workers: dict[int, Worker] = {}
         self._by_identity: dict[bytes, Worker] = {}
@@ -201,10 +148,12 @@ class WorkerPool:
         worker = self._by_identity.get(identity)
         if worker is None:
             return None  # from a process already gone
-        if isinstance(msg, protocol.WorkerReady):
+        now = self._clock()
+        worker.heard_at = now
+        if isinstance(msg, protocol.WorkerReady):  # ready, or the answer to a ping
             if worker.state == WorkerState.STARTING:
                 worker.state = WorkerState.IDLE  # STARTING -> IDLE
-                worker.deadline = _NEVER
+                worker.deadline = NEVER
                 worker.failed_starts = 0
             return None
         assert isinstance(msg, protocol.TaskDone)
@@ -212,11 +161,13 @@ class WorkerPool:
         if task is None or task.task_id != msg.task_id:
             return None  # a result for a task already handed back
         worker.task = None
+        if not msg.error:
+            self.decode_times.record(now - worker.task_started, len(task.tasks))
         if worker.state == WorkerState.STOPPING:
-            self._send_stop(worker, self._clock())  # its clip is done: now it can go
+            self._send_stop(worker, now)  # its clip is done: now it can go
         else:
             worker.state = WorkerState.IDLE  # BUSY -> IDLE
-        return Finished(task, msg.error)
+        return Finished(task, msg.error, msg.permanent)
 
     # -- the loop's tick ----------------------------------------------------------------
 
@@ -224,6 +175,7 @@ class WorkerPool:
         """Reap, restart, scale and escalate stops; returns the tasks of workers lost."""
         now = self._clock()
         lost = self._reap(now) + self._kill_stalled(now)
+        self._check_idle(now)
         # A worker killed to be replaced still counts: it comes back when reaped.
         counted = [w for w in self._workers.values()
                    if w.state != WorkerState.STOPPING or w.respawn]
@@ -267,7 +219,7 @@ class WorkerPool:
         worker.proc = proc
         self._by_identity[worker.identity] = worker
         worker.state = WorkerState.STARTING  # EXITED/BACKOFF -> STARTING
-        worker.started_at = now
+        worker.started_at = worker.heard_at = now
         worker.deadline = now + START_TIMEOUT_S
         worker.signals_sent = 0
 
@@ -276,7 +228,7 @@ class WorkerPool:
         self.last_error = reason
         if worker.failed_starts >= MAX_FAILED_STARTS:
             worker.state = WorkerState.FATAL  # EXITED -> FATAL
-            worker.deadline = _NEVER
+            worker.deadline = NEVER
             log.error("%s; %d failed starts in a row, giving up on it (`vidring scale` tries "
                       "again)", reason, worker.failed_starts)
         else:
@@ -295,7 +247,7 @@ class WorkerPool:
             self._send_stop(worker, now)  # IDLE -> STOPPING
         elif worker.state == WorkerState.BUSY:
             worker.state = WorkerState.STOPPING  # BUSY -> STOPPING, after its clip
-            worker.deadline = _NEVER
+            worker.deadline = NEVER
         elif worker.state == WorkerState.STARTING:
             self._signal(worker, signal.SIGTERM, now)  # STARTING -> STOPPING
 
@@ -306,7 +258,7 @@ class WorkerPool:
 
     def _signal(self, worker: Worker, sig: int, now: float) -> None:
         worker.state = WorkerState.STOPPING
-        worker.deadline = now + STOP_GRACE_S if sig != signal.SIGKILL else _NEVER
+        worker.deadline = now + STOP_GRACE_S if sig != signal.SIGKILL else NEVER
         worker.signals_sent += 1
         if worker.proc is not None:
             try:
@@ -314,19 +266,37 @@ class WorkerPool:
             except ProcessLookupError:
                 pass  # exited already; the next reap sees it
 
+    def _check_idle(self, now: float) -> None:
+        for worker in self._workers.values():
+            if worker.state != WorkerState.IDLE:
+                continue
+            silent_s = now - worker.heard_at
+            if silent_s > IDLE_SILENCE_S:
+                self.restarts += 1
+                self.last_error = (f"decoder worker {worker.worker_id} stopped answering "
+                                   f"({silent_s:.1f} s silent while idle): killed and replaced")
+                log.warning("%s", self.last_error)
+                worker.respawn = True
+                self._signal(worker, signal.SIGKILL, now)  # IDLE -> STOPPING (killed)
+            elif silent_s > PING_INTERVAL_S and now - worker.pinged_at > PING_INTERVAL_S:
+                self.socket.send_multipart([worker.identity,
+                                            protocol.encode(protocol.WorkerPing())])
+                worker.pinged_at = now
+
     def _kill_stalled(self, now: float) -> list[Finished]:
         lost = []
         for worker in self._workers.values():
             task = worker.task
-            # --task-timeout-s is per clip; a job decodes several in one pass.
-            timeout_s = self._task_timeout_s * (0 if task is None else len(task.tasks))
-            if task is None or now - worker.task_started <= timeout_s:
+            if task is None:
+                continue
+            timeout_s = self.decode_times.stall_timeout_s(len(task.tasks))
+            if now - worker.task_started <= timeout_s:
                 continue
             worker.task = None
             worker.respawn = worker.state == WorkerState.BUSY  # not if it was scaled down
             self._signal(worker, signal.SIGKILL, now)  # BUSY/STOPPING -> STOPPING (killed)
             self.restarts += 1
-            lost.append(Finished(task, f"decode stalled for over {timeout_s:g} s; "
+            lost.append(Finished(task, f"decode stalled for over {timeout_s:.3g} s; "
                                        f"worker {worker.worker_id} killed"))
         return lost
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 5
+CACHE_FORMAT = 6
 
 
 class ProbeError(Exception):
@@ -43,6 +43,8 @@ class VideoInfo:
     height: int
     time_base: float  # seconds per pts unit
     rotation: int = 0  # 0, 90, 180 or 270 degrees counter-clockwise that make frames upright
+    size: int = 0  # bytes and mtime of the file probed (0: not known)
+    mtime_ns: int = 0
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -79,7 +81,8 @@ class VideoInfo:
 
 def probe(path: str | Path) -> VideoInfo:
     try:
-        with av.open(str(path)) as container:
+        st = os.stat(path)
+        with av.open(os.fsdecode(path)) as container:
             if not container.streams.video:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
@@ -125,7 +128,8 @@ def probe(path: str | Path) -> VideoInfo:
         key_idx = np.concatenate([[0], key_idx]).astype(np.int64)
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
-    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0)
+    return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0,
+                     st.st_size, st.st_mtime_ns)
 
 
 def _rotation(packet: Any) -> int | None:
@@ -177,7 +181,8 @@ class ProbeCache:
             pts, keys, key_pts, key_dts = (np.asarray(data[k], np.int64)
                                            for k in ("pts", "keys", "key_pts", "key_dts"))
             return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]),
-                             float(data["time_base"]), int(data["rotation"]))
+                             float(data["time_base"]), int(data["rotation"]), int(data["size"]),
+                             int(data["mtime_ns"]))
         except (OSError, ValueError, KeyError):
             return None
 
@@ -191,7 +196,8 @@ class ProbeCache:
                                    "key_dts": info.keyframe_dts.tolist(),
                                    "width": info.width, "height": info.height,
                                    "time_base": info.time_base,
-                                   "rotation": info.rotation}))
+                                   "rotation": info.rotation, "size": info.size,
+                                   "mtime_ns": info.mtime_ns}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

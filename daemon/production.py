@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -22,10 +23,11 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from vidring.daemon.faults import FaultLedger
-    from vidring.daemon.pool import Finished, WorkerPool
+    from vidring.daemon.pool import WorkerPool
     from vidring.daemon.probe import VideoInfo
     from vidring.daemon.schedule import Key
     from vidring.daemon.targets import Targets
+    from vidring.daemon.workers import Finished
     from vidring.loader.ring import Ring
 
 log = logging.getLogger("vidring.daemon")
@@ -83,8 +85,10 @@ class Production:
                 position=t.position, frame_pts=[int(info.frame_pts[i]) for i in t.choice.frames],
                 box=look.box, flip=look.flip))
         return protocol.encode(protocol.Task(
-            task_id=job.task_id, slot=first.slot, path=self._paths[first.choice.video_index],
-            clips=clips, key_pts=key_pts, key_dts=key_dts, rotation=info.rotation))
+            task_id=job.task_id, slot=first.slot,
+            path=os.fsencode(self._paths[first.choice.video_index]),
+            clips=clips, key_pts=key_pts, key_dts=key_dts, rotation=info.rotation,
+            size=info.size, mtime_ns=info.mtime_ns))
 
     def _look(self, task: Task, info: VideoInfo) -> Look:
         """The clip's crop and flip: a pure function of the plan, like its frames."""
@@ -96,7 +100,7 @@ class Production:
     def finished(self, result: Finished) -> list[tuple[int, int]]:
         """Record a job's outcome; returns the (slot, position) of each clip now in place."""
         if result.error:
-            self.tasks.job_failed(result.job.tasks, result.error)
+            self.tasks.job_failed(result.job.tasks, result.error, permanent=result.permanent)
             return []
         return [self._clip_done(task) for task in result.job.tasks]
 

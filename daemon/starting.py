@@ -26,6 +26,7 @@ from vidring.loader.status import (
     SlotCounts,
     StatusRecord,
     WorkerCounts,
+    printable,
 )
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def status_at_start(config: ServeConfig, *, videos: int, manifest: str,
         clips_per_s=0.0, clips_total=0,
         errors=ErrorSummary(count=0, last=None, quarantined=0, recent_quarantined=[],
                             replaced_samples=0),
-        videos=videos, classes=0, manifest=manifest, segment=segment_name(config.name),
+        videos=videos, classes=0, manifest=printable(manifest), segment=segment_name(config.name),
         ring_mib=0.0, clients=0, spilled=0, waiting_requests=0, queued_clips=0,
         uptime_s=round(uptime_s, 1))
 

@@ -36,7 +36,7 @@ from rich.text import Text
 from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
-from vidring.daemon.pool import Process, Starter, WorkerPool
+from vidring.daemon.pool import WorkerPool
 from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
 from vidring.daemon.production import Production
 from vidring.daemon.runtime import RuntimeDir, StartupError
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from vidring.daemon.config import ServeConfig
+    from vidring.daemon.workers import Process, Starter
 
 log = logging.getLogger("vidring.daemon")
 

@@ -139,9 +139,11 @@ class TaskQueue:
     def failed(self, task: Task, reason: str) -> None:
         self.job_failed((task,), reason)
 
-    def job_failed(self, tasks: Sequence[Task], reason: str) -> None:
-        """Clips of one video that failed together: one failure of that video."""
-        delay_s = self._faults.clip_failed(tasks[0].choice.video_index, reason)
+    def job_failed(self, tasks: Sequence[Task], reason: str, *, permanent: bool = False) -> None:
+        """Clips of one video that failed together: one failure of that video (its last
+        when `permanent`: the file is gone or changed)."""
+        delay_s = self._faults.clip_failed(tasks[0].choice.video_index, reason,
+                                           permanent=permanent)
         for task in tasks:
             if delay_s is None:
                 self._put(task, front=True)  # quarantined: _put picks a stand-in

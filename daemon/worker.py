@@ -21,6 +21,7 @@ from vidring.daemon.decode import ClipDecoder, DecodeError
 from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
+from vidring.loader.status import printable
 
 # How long one wait for a task lasts before the worker checks its parent again.
 _POLL_TIMEOUT_S = 0.5
@@ -63,6 +64,9 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
             if not sock.poll(int(_POLL_TIMEOUT_S * 1000)):
                 continue
             msg = protocol.decode(sock.recv(), protocol.DAEMON_TO_WORKER)
+            if isinstance(msg, protocol.WorkerPing):
+                sock.send(protocol.encode(protocol.WorkerReady()))
+                continue
             if not isinstance(msg, protocol.Task):
                 break  # worker_stop
             sock.send(_do_task(decoder, ring, identity, msg))
@@ -75,6 +79,13 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
 
 
 def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Task) -> bytes:
+    path = os.fsdecode(task.path)
+    changed = _changed(path, task)
+    if changed:
+        decoder.forget(path)
+        return protocol.encode(protocol.TaskDone(
+            task_id=task.task_id, error=f"in decoder worker {identity}: {printable(path)}: "
+                                        f"{changed}", permanent=True))
     error = ""
     try:
         # Each clip frame's place in the slot, in the order of the timestamps.
@@ -83,13 +94,28 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
         frame_pts = [pts for clip in task.clips for pts in clip.frame_pts]
         looks = [None if clip.box is None else Look(clip.box, clip.flip)
                  for clip in task.clips for _ in clip.frame_pts]
-        decoder.decode_frames(task.path, task.key_pts, task.key_dts, frame_pts, outs, looks,
+        decoder.decode_frames(path, task.key_pts, task.key_dts, frame_pts, outs, looks,
                               task.rotation)
     except DecodeError as exc:
-        error = f"in decoder worker {identity}: {exc}"
+        error = f"in decoder worker {identity}: {printable(str(exc))}"
     except Exception as exc:
-        error = f"in decoder worker {identity}, file {task.path}: {type(exc).__name__}: {exc}"
+        error = (f"in decoder worker {identity}, file {printable(path)}: "
+                 f"{type(exc).__name__}: {printable(str(exc))}")
     return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error))
+
+
+def _changed(path: str, task: protocol.Task) -> str:
+    """Why the file is not the one probed, or "" (a stat per clip: microseconds)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "no longer exists"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if task.size and (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
+        return (f"changed since it was probed (now {st.st_size} bytes, was {task.size}; "
+                "modified since): replaced or rewritten")
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

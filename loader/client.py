@@ -133,7 +133,8 @@ class Client:
         found: list[str] = []
         for start in range(0, len(indices), protocol.MAX_PATHS_ASKED):
             asked = indices[start:start + protocol.MAX_PATHS_ASKED]
-            found += self.call(protocol.Paths(indices=asked), protocol.PathsReply).paths
+            reply = self.call(protocol.Paths(indices=asked), protocol.PathsReply)
+            found += [os.fsdecode(path) for path in reply.paths]
         return found
 
     def call(self, request: protocol.Request, reply_type: type[R]) -> R:

@@ -131,7 +131,7 @@ class Status(Request, tag="status"):
 
 
 class PathsReply(Body):
-    paths: list[str]  # one per index asked, in the same order
+    paths: list[bytes]  # os.fsencode of each row's file, in the order asked
 
 
 MAX_PATHS_ASKED = 1024  # a reply of that many long paths still fits in a message
@@ -159,15 +159,21 @@ class Task(Message, tag="task"):
 
     task_id: int
     slot: int
-    path: str
+    path: bytes  # os.fsencode: a Linux file name is bytes, and need not be UTF-8
     clips: list[Clip]
     key_pts: int
     key_dts: int
     rotation: int = 0  # degrees counter-clockwise that turn the stored frames upright
+    size: int = 0  # the file as probed: a file of another size or mtime was replaced
+    mtime_ns: int = 0
 
 
 class WorkerStop(Message, tag="worker_stop"):
     pass
+
+
+class WorkerPing(Message, tag="worker_ping"):
+    """Are you there?  An idle worker answers with worker_ready (daemon/liveness.py)."""
 
 
 class WorkerReady(Message, tag="worker_ready"):
@@ -177,6 +183,7 @@ class WorkerReady(Message, tag="worker_ready"):
 class TaskDone(Message, tag="task_done"):
     task_id: int
     error: str = ""  # empty: the clip is in its place in the slot
+    permanent: bool = False  # the file is gone or changed: retrying cannot help
 
 
 # -- answers ------------------------------------------------------------------------
@@ -203,7 +210,7 @@ _requests: dict[str, type[Request]] = {}
 _decoders: dict[frozenset[type[Message]], msgspec.json.Decoder[Any]] = {}
 _encoder = msgspec.json.Encoder()
 WORKER_MESSAGES: frozenset[type[Message]] = frozenset({WorkerReady, TaskDone})
-DAEMON_TO_WORKER: frozenset[type[Message]] = frozenset({Task, WorkerStop})
+DAEMON_TO_WORKER: frozenset[type[Message]] = frozenset({Task, WorkerStop, WorkerPing})
 ANSWERS: frozenset[type[Message]] = frozenset({Reply, ErrorReply})
 
 

@@ -17,6 +17,12 @@ RECENT_QUARANTINED = 20
 MAX_REASON_CHARS = 500
 
 
+def printable(text: str) -> str:
+    """A file name for people and JSON: bytes that are not UTF-8 (Linux names are bytes,
+    held by Python as surrogates) written as \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SlotCounts:
     total: int

@@ -105,3 +105,10 @@ def test_bad_start_or_end_names_line_and_field(tmp_path: Path, text: str,
     csv.write_text(text)
     with pytest.raises(ManifestError, match=complaint):
         load_manifest(csv)
+
+
+def test_a_manifest_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_bytes(b"path,label\na.mp4,1\nb\xff.mp4,2\n")
+    with pytest.raises(ManifestError, match=r"m\.csv, line 3: byte 0xff is not UTF-8"):
+        load_manifest(csv)

@@ -11,10 +11,12 @@ import pytest
 import zmq
 
 from tests.support import FakeClock
+from vidring.daemon import liveness
 from vidring.daemon import pool as pool_mod
-from vidring.daemon.pool import Finished, Worker, WorkerPool, WorkerState
+from vidring.daemon.pool import WorkerPool
 from vidring.daemon.sampler import ClipChoice
 from vidring.daemon.tasks import Job, Task
+from vidring.daemon.workers import Finished, Worker, WorkerState
 from vidring.loader import protocol
 
 
@@ -26,6 +28,7 @@ class FakeProcess:
         self.returncode: int | None = None
         self.obeys = obeys
         self.signals: list[int] = []
+        self.frozen = False  # SIGSTOP: answers nothing
 
     def poll(self) -> int | None:
         return self.returncode
@@ -61,17 +64,19 @@ class Harness:
         self.clock = FakeClock()
         self.socket = FakeSocket()
         self.procs: list[FakeProcess] = []
+        self.by_identity: dict[bytes, FakeProcess] = {}
         self.obeys = obeys
         self.fail_spawns = fail_spawns
         self.pool = WorkerPool(self.socket, self.start, target,  # type: ignore[arg-type]
                                task_timeout_s=10.0, clock=self.clock)
 
-    def start(self, identity: bytes) -> FakeProcess:  # noqa: ARG002 - a Starter
+    def start(self, identity: bytes) -> FakeProcess:
         if self.fail_spawns:
             self.fail_spawns -= 1
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
         proc = FakeProcess(1000 + len(self.procs), self.obeys)
         self.procs.append(proc)
+        self.by_identity[identity] = proc
         return proc
 
     def busy_worker(self, task_id: int = 1) -> tuple[Worker, Job]:
@@ -89,8 +94,15 @@ class Harness:
                 self.pool.handle(w.identity, protocol.encode(protocol.WorkerReady()))
 
     def tick(self, advance_s: float = 0.0) -> list[Finished]:
+        """Move the clock; live workers answer the pings the pool sent meanwhile."""
         self.clock.now += advance_s
-        return self.pool.reconcile()
+        sent = len(self.socket.sent)
+        lost = self.pool.reconcile()
+        for identity, msg in self.socket.sent[sent:]:
+            proc = self.by_identity[identity]
+            if isinstance(msg, protocol.WorkerPing) and not proc.frozen and proc.returncode is None:
+                self.pool.handle(identity, protocol.encode(protocol.WorkerReady()))
+        return lost
 
 
 def _task(task_id: int = 1) -> Job:
@@ -100,7 +112,7 @@ def _task(task_id: int = 1) -> Job:
 
 def _payload(job: Job) -> bytes:
     return protocol.encode(protocol.Task(
-        task_id=job.task_id, slot=0, path="v.mp4",
+        task_id=job.task_id, slot=0, path=b"v.mp4",
         clips=[protocol.Clip(position=0, frame_pts=[0])], key_pts=0, key_dts=0))
 
 
@@ -335,7 +347,8 @@ def test_scaling_down_drops_workers_in_back_off_first() -> None:
     h.ready_all()
     assert sorted(w.state for w in h.pool.workers()) == [WorkerState.IDLE, WorkerState.BACKOFF]
     h.pool.set_target(1)
-    h.tick(10)  # past its back-off: it must not start again
+    for _ in range(20):  # past its back-off: it must not start again
+        h.tick(0.5)
     assert [w.state for w in h.pool.workers()] == [WorkerState.IDLE]
     assert len(h.procs) == 1
 
@@ -363,3 +376,53 @@ def test_a_bad_or_deep_message_on_the_work_socket_changes_nothing() -> None:
     for junk in (b"[" * 5000, b"{}", b'{"v": 2, "type": "task_done", "task_id": "x"}'):
         assert h.pool.handle(worker.identity, junk) is None
     assert worker.state == WorkerState.STARTING
+
+
+def test_an_idle_worker_that_stops_answering_is_replaced_within_seconds() -> None:
+    h = Harness(2)
+    h.tick()
+    h.ready_all()
+    for _ in range(20):  # answered pings keep idle workers alive
+        h.tick(0.5)
+    assert h.pool.counts().idle == 2
+    assert h.pool.counts().restarts == 0
+    frozen = h.pool.workers()[0]
+    h.by_identity[frozen.identity].frozen = True
+    h.tick(0.5)
+    assert frozen.state == WorkerState.IDLE  # silent a while yet: pinged, not killed
+    waited_s = 0.5
+    while frozen.state == WorkerState.IDLE:
+        h.tick(0.5)
+        waited_s += 0.5
+    # Killed once silent IDLE_SILENCE_S, which began up to a ping interval before the freeze.
+    assert waited_s <= liveness.IDLE_SILENCE_S + 0.5
+    assert h.procs[0].signals == [signal.SIGKILL]
+    assert "stopped answering" in h.pool.counts().last_error
+    h.tick(0.1)  # reaped: started again at once
+    assert frozen.state == WorkerState.STARTING
+    assert h.pool.counts().restarts == 1
+    assert h.pool.workers()[1].state == WorkerState.IDLE
+
+
+def test_the_stall_deadline_follows_what_decodes_take() -> None:
+    h = Harness(1)  # --task-timeout-s 10
+    for task_id in range(1, liveness.MIN_SAMPLES + 1):
+        worker, job = h.busy_worker(task_id)
+        h.clock.now += 0.05
+        h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=task_id)))
+    # 10 x 0.05 s is under the floor: a hung decode is killed after MIN_STALL_S.
+    assert h.pool.decode_times.stall_timeout_s(1) == liveness.MIN_STALL_S
+    worker, job = h.busy_worker(99)
+    assert h.tick(liveness.MIN_STALL_S - 0.1) == []
+    lost = h.tick(0.2)
+    assert [f.job for f in lost] == [job]
+
+
+def test_slow_decodes_raise_the_deadline_up_to_the_task_timeout() -> None:
+    times = liveness.DecodeTimes(cap_s=60.0)
+    for _ in range(liveness.MIN_SAMPLES):
+        times.record(2.0, clips=2)  # 1 s per clip
+    assert times.stall_timeout_s(3) == 30.0  # 10 x 1 s, per clip
+    for _ in range(liveness.RECENT):
+        times.record(20.0, clips=1)
+    assert times.stall_timeout_s(1) == 60.0
