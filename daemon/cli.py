@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 # -- serve ---------------------------------------------------------------------
@@ -48,7 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = cfg.build(settings)
         return serve(config)
     except (cfg.ConfigError, StartupError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
         print(f"vidring serve: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:  # one line for the operator; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"vidring serve: {type(exc).__name__}: {exc} (--debug shows where)",
+              file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -63,6 +72,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--size", help=cfg.SIZE_HELP)
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error, not just its one line")
 
 
 # -- commands sent to a running daemon -----------------------------------------------
@@ -153,9 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done (a daemon stopped by `vidring stop`, SIGTERM, SIGINT or SIGHUP
+    exits 0), 1 an error (one line on stderr), 2 a usage error, 130 interrupted before a
+    daemon could handle Ctrl-C itself."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     except VidringError as exc:
         print(f"vidring {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -13,6 +13,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,12 +161,24 @@ def _probe_or_reason(path: str) -> VideoInfo | str:
 
 
 class ProbeCache:
-    """probe() behind a folder of small JSON files."""
+    """probe() behind a folder of small JSON files.
+
+    The daemon trusts an entry's timestamps and keyframes, so the folder is this
+    user's own (0700) and an entry is read only if it is a file of this user that
+    nobody else can write, and holds a consistent result; anything else is probed
+    again and rewritten (0600).
+    """
 
     def __init__(self, folder: str | Path | None) -> None:
         self.folder = Path(folder) if folder is not None else None
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            st = os.lstat(self.folder)
+            if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+                raise ProbeError(f"probe cache {self.folder} is not a folder of this user: "
+                                 "give --probe-cache a folder of your own")
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(self.folder, 0o700)
 
     def _entry(self, path: str | Path) -> Path | None:
         st = os.stat(path)
@@ -177,27 +191,37 @@ class ProbeCache:
         if entry is None:
             return None
         try:
-            data = json.loads(entry.read_text())
+            fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o022:
+                return None  # another user could have written it
+            with os.fdopen(fd, "rb", closefd=False) as fh:
+                data = json.loads(fh.read())
             pts, keys, key_pts, key_dts = (np.asarray(data[k], np.int64)
                                            for k in ("pts", "keys", "key_pts", "key_dts"))
-            return VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]), int(data["height"]),
-                             float(data["time_base"]), int(data["rotation"]), int(data["size"]),
-                             int(data["mtime_ns"]))
-        except (OSError, ValueError, KeyError):
+            info = VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]),
+                             int(data["height"]), float(data["time_base"]),
+                             int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+        finally:
+            os.close(fd)
+        return info if _consistent(info) else None
 
     def _store(self, entry: Path | None, info: VideoInfo) -> None:
         if entry is None:
             return
         tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"pts": info.frame_pts.tolist(),
-                                   "keys": info.keyframe_indices.tolist(),
-                                   "key_pts": info.keyframe_pts.tolist(),
-                                   "key_dts": info.keyframe_dts.tolist(),
-                                   "width": info.width, "height": info.height,
-                                   "time_base": info.time_base,
-                                   "rotation": info.rotation, "size": info.size,
-                                   "mtime_ns": info.mtime_ns}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({
+                "pts": info.frame_pts.tolist(), "keys": info.keyframe_indices.tolist(),
+                "key_pts": info.keyframe_pts.tolist(), "key_dts": info.keyframe_dts.tolist(),
+                "width": info.width, "height": info.height, "time_base": info.time_base,
+                "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:
@@ -229,7 +253,7 @@ class ProbeCache:
             # spawn, not fork: the caller may hold threads or sockets that must not be copied.
             ctx = multiprocessing.get_context("spawn")
             # Leaving the block terminates the processes, also when cancelled mid-probe.
-            with ctx.Pool(processes) as pool:
+            with ctx.Pool(processes, initializer=_leave_signals_to_the_daemon) as pool:
                 names = [str(paths[i]) for i in todo]
                 chunks = [names[k:k + _CHUNK_VIDEOS] for k in range(0, len(names), _CHUNK_VIDEOS)]
                 probing = pool.imap(_probe_chunk, chunks)
@@ -251,8 +275,28 @@ class ProbeCache:
             progress(done)
 
 
+def _consistent(info: VideoInfo) -> bool:
+    """What probe() guarantees, checked on what a cache file says."""
+    n = info.frames
+    keys = info.keyframe_indices
+    return bool(
+        n > 0 and info.width > 0 and info.height > 0 and info.time_base > 0
+        and info.rotation in (0, 90, 180, 270)
+        and (n == 1 or np.all(np.diff(info.frame_pts) > 0))
+        and len(keys) > 0 and keys[0] == 0 and np.all(keys < n)
+        and np.all(np.diff(keys) >= 0)
+        and len(info.keyframe_pts) == len(keys) == len(info.keyframe_dts))
+
+
 class ProbeCancelled(Exception):
     """A parallel probe was cancelled (the daemon was stopped while starting)."""
+
+
+def _leave_signals_to_the_daemon() -> None:
+    # Ctrl-C and a closed terminal reach the whole process group: the daemon ends the
+    # probe (cancel), so its processes print no traceback of their own.
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _probe_chunk(paths: list[str]) -> list[VideoInfo | str]:

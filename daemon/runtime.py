@@ -7,13 +7,18 @@ daemon binds or removes comes from here.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 from typing import IO, TYPE_CHECKING
 
 from vidring.loader import paths
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+
+log = logging.getLogger("vidring.daemon")
 
 
 class StartupError(Exception):
@@ -31,16 +36,15 @@ class RuntimeDir:
     def claim(cls, name: str) -> RuntimeDir:
         """Make the folder (0700) and take the lock; StartupError if another daemon has it."""
         root = paths.runtime_root()
-        root.mkdir(mode=0o700, exist_ok=True)
-        st = root.stat()
-        if st.st_uid != os.getuid():
-            raise StartupError(f"runtime folder {root} belongs to another user")
-        if st.st_mode & 0o077:
-            os.chmod(root, 0o700)
+        _own_folder(root)
         folder = root / paths.check_name(name)
         lock_path = paths.lock_path(name)
         lock_file = _lock(name, lock_path)
-        folder.mkdir(mode=0o700, exist_ok=True)
+        try:
+            _own_folder(folder)
+        except StartupError:
+            lock_file.close()
+            raise
         runtime = cls(name, folder, lock_path, lock_file)
         runtime._remove_sockets()  # left by a daemon killed with -9
         return runtime
@@ -69,6 +73,21 @@ class RuntimeDir:
     def _remove_sockets(self) -> None:
         for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET):
             (self.folder / sock).unlink(missing_ok=True)
+
+
+def _own_folder(folder: Path) -> None:
+    """Make `folder` (0700), or check that the one there is this user's: one of another
+    user is refused (they could serve batches in our name); our own with a wider mode
+    is narrowed, and the log says so."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+        raise StartupError(f"runtime folder {folder} {paths.distrust(folder, folder=True)}: "
+                           "remove it, or set VIDRING_RUNTIME_DIR to a folder of your own")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(folder, 0o700)
+        log.warning("runtime folder %s had mode %04o: made it 0700", folder,
+                    stat.S_IMODE(st.st_mode))
 
 
 def _lock(name: str, lock_path: Path) -> IO[str]:

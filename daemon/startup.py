@@ -37,7 +37,7 @@ from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.pool import WorkerPool
-from vidring.daemon.probe import ProbeCache, VideoInfo, default_cache_dir
+from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
 from vidring.daemon.production import Production
 from vidring.daemon.runtime import RuntimeDir, StartupError
 from vidring.daemon.schedule import Scheduler, SlotRecord
@@ -116,9 +116,10 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
 
 
 def serve(config: ServeConfig) -> int:
-    # SIGTERM and Ctrl-C during the start stop it the way they stop a serving daemon.
+    # SIGTERM, Ctrl-C and SIGHUP (its terminal closed) stop it, while it starts as while
+    # it serves: a daemon nobody watches any more must not run on unattended.
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     try:
         daemon = build(config, stop)
@@ -131,7 +132,10 @@ def serve(config: ServeConfig) -> int:
 
 def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
                control: zmq.Socket[Any], stop: threading.Event) -> list[VideoInfo | None]:
-    cache = ProbeCache(config.probe_cache or default_cache_dir())
+    try:
+        cache = ProbeCache(config.probe_cache or default_cache_dir())
+    except ProbeError as exc:
+        raise StartupError(str(exc)) from None
     started = time.monotonic()
     rows: list[str | Path] = [row.path for row in manifest.rows]
 

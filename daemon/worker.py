@@ -41,9 +41,10 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
         interpolation: str = DEFAULT_INTERPOLATION, mean: list[float] | None = None,
         std: list[float] | None = None) -> int:
     _die_with_parent()
-    # Ctrl-C in the daemon's terminal reaches the whole process group; the
-    # daemon decides when workers stop.
+    # Ctrl-C or a closed terminal reaches the whole process group; the daemon
+    # decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if os.getppid() != parent_pid:
         return 0
     ring = Ring.attach(segment, writable=True)

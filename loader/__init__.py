@@ -12,6 +12,7 @@ from vidring.loader.client import (
     DaemonUnavailable,
     LeaseExpired,
     RingExhausted,
+    UntrustedPipeline,
     VidringError,
 )
 from vidring.loader.ring import Ring, RingError, RingLayout, SlotState, provenance_dtype
@@ -31,6 +32,7 @@ __all__ = [
     "Sample",
     "SlotState",
     "StatusRecord",
+    "UntrustedPipeline",
     "VidringError",
     "provenance_dtype",
 ]

@@ -65,6 +65,11 @@ class LeaseExpired(VidringError):
     --lease-timeout-s): arrays of the batches named may have been overwritten."""
 
 
+class UntrustedPipeline(VidringError):
+    """The pipeline's folder, socket or ring is not this user's own: another user's
+    daemon could be behind it, so nothing is sent to it or read from it."""
+
+
 class DaemonError(VidringError):
     """The daemon refused a request; `code` is the protocol's error code."""
 
@@ -191,6 +196,12 @@ class Client:
         while True:
             sock_path = paths.control_socket_path(self.name)
             if sock_path.exists():
+                for path, folder in ((sock_path.parent.parent, True), (sock_path.parent, True),
+                                     (sock_path, False)):
+                    why = paths.distrust(path, folder=folder)
+                    if why:
+                        raise UntrustedPipeline(f"pipeline {self.name!r}: refusing to connect: "
+                                                f"{why}")
                 return sock_path
             starting = _lock_holder_alive(self.name)
             if time.monotonic() > (self._deadline if starting else appear_by):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
@@ -58,6 +59,23 @@ def runtime_dir(name: str) -> Path:
 
 def control_socket_path(name: str) -> Path:
     return runtime_dir(name) / CONTROL_SOCKET
+
+
+def distrust(path: Path, *, folder: bool) -> str:
+    """Why `path` cannot be trusted to be this user's own (empty if it can): it must be
+    ours, not a symlink, and a folder must be 0700 (another user who could write in it
+    could put a socket of theirs there)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    if st.st_uid != os.getuid():
+        return f"{path} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if folder and (not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) & 0o077):
+        return f"{path} has mode {stat.S_IMODE(st.st_mode):04o}, not 0700"
+    return ""
 
 
 def lock_path(name: str) -> Path:

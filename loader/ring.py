@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -275,7 +276,12 @@ class Ring:
         except FileNotFoundError as exc:
             raise RingError(f"no ring segment {name!r} in /dev/shm") from exc
         try:
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+                raise RingError(
+                    f"ring segment {name!r} belongs to uid {st.st_uid} with mode "
+                    f"{stat.S_IMODE(st.st_mode):04o}: only this user's own (0600) is trusted")
+            size = st.st_size
             if size < HEADER_BYTES:
                 raise RingError(f"ring segment {name!r} is {size} bytes: too small for a header")
             access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ

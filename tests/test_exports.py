@@ -12,7 +12,7 @@ def test_every_export_exists() -> None:
     assert set(vidring.loader.__all__) == {
         "Batch", "ClipDataset", "Client", "DaemonError", "DaemonUnavailable", "LeaseExpired",
         "Ring", "RingError", "RingExhausted", "RingLayout", "Sample", "SlotState", "StatusRecord",
-        "VidringError", "provenance_dtype",
+        "UntrustedPipeline", "VidringError", "provenance_dtype",
     }
     for name in vidring.loader.__all__:
         assert getattr(vidring.loader, name) is not None, name
