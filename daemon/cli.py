@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from vidring.daemon.commands import REGISTRY, Command, by_name
 from vidring.loader import paths, protocol
-from vidring.loader.client import Client, VidringError
+from vidring.loader.client import Client, DaemonUnavailable, VidringError
 
 if TYPE_CHECKING:
     from vidring.loader.status import StatusRecord
@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vidring.daemon import config as cfg
     from vidring.daemon.runtime import StartupError
     from vidring.daemon.startup import serve
+    from vidring.loader.ring import RingError
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format=f"vidring[{args.name or '?'}] %(levelname)s %(message)s")
@@ -48,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = cfg.build(settings)
         return serve(config)
-    except (cfg.ConfigError, StartupError, ValueError, OSError) as exc:
+    except (cfg.ConfigError, StartupError, RingError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"vidring serve: {exc}", file=sys.stderr)
@@ -82,25 +83,35 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def run_command(cmd: Command[Any], args: argparse.Namespace) -> int:
     request = cmd.build_request(args)
     assert request.reply_type is not None, "operator commands are answered"
-    with Client(args.name, timeout_s=args.timeout, heartbeat=False) as client:
-        reply = client.call(request, request.reply_type)
+    try:
+        with Client(args.name, timeout_s=args.timeout, heartbeat=False) as client:
+            reply = client.call(request, request.reply_type)
+    except DaemonUnavailable:
+        if not cmd.when_gone(args):
+            raise
+        return EXIT_OK
     print(cmd.render(reply, args))
     return EXIT_OK
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    """List the pipelines running on this machine for this user."""
+    """List the pipelines on this machine for this user (stale: its daemon was killed)."""
     rows: list[StatusRecord] = []
+    stale: list[str] = []
     for name in paths.list_pipelines():
+        if not paths.daemon_running(name):
+            stale.append(name)
+            continue
         try:
             with Client(name, timeout_s=args.timeout, heartbeat=False) as client:
                 rows.append(client.status())
         except VidringError:
-            continue  # a socket left by a killed daemon; the next start removes it
+            stale.append(name)  # holds its lock but does not answer
     if args.json:
-        print(json.dumps([json.loads(protocol.to_json(st)) for st in rows], indent=2))
+        print(json.dumps([json.loads(protocol.to_json(st)) for st in rows]
+                         + [{"name": name, "phase": "stale"} for name in stale], indent=2))
         return EXIT_OK
-    if not rows:
+    if not rows and not stale:
         print("no pipelines running")
         return EXIT_OK
     print(f"{'NAME':20} {'PID':>8} {'EPOCH':>6} {'READY':>7} {'WORKERS':>8} {'CLIPS/S':>8} "
@@ -109,6 +120,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"{st.name:20} {st.pid:>8} {st.epoch:>6} "
               f"{st.slots.ready:>3}/{st.slots.total:<3} "
               f"{st.workers.alive:>8} {st.clips_per_s:>8.1f} {st.errors.count:>6}")
+    for name in stale:
+        running = paths.daemon_running(name)
+        print(f"{name:20} {paths.lock_pid(name) or '-':>8}  "
+              f"{'not answering' if running else 'stale: its daemon is gone'}"
+              f"{'' if running else f' (`vidring stop {name}` removes it)'}")
     return EXIT_OK
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar
 
 import msgspec
 
-from vidring.loader import protocol
+from vidring.loader import paths, protocol
 from vidring.loader.client import pid_namespace, same_pid_namespace
 
 if TYPE_CHECKING:
@@ -55,6 +55,10 @@ class Command(Generic[Req]):
 
     def render(self, reply: Any, args: argparse.Namespace) -> str:
         return ""
+
+    def when_gone(self, args: argparse.Namespace) -> bool:
+        """The daemon is not there: True if the command did its job anyway."""
+        return False
 
 
 REGISTRY: dict[type[protocol.Request], Command[Any]] = {}
@@ -270,3 +274,18 @@ class Stop(Command["Stop.Request"]):
 
     def render(self, reply: protocol.Empty, args: argparse.Namespace) -> str:
         return f"{args.name}: stopping"
+
+    def when_gone(self, args: argparse.Namespace) -> bool:
+        """A daemon killed with -9 left its socket, lock and ring: remove them."""
+        from vidring.daemon.runtime import RuntimeDir
+        from vidring.loader import ring
+
+        name = args.name
+        segment = ring.segment_name(name)
+        left = (name in paths.list_pipelines() or paths.lock_path(name).exists()
+                or os.path.exists(f"/dev/shm/{segment}"))
+        if not left or paths.daemon_running(name) or not RuntimeDir.clear_stale(name):
+            return False
+        ring.unlink(segment)
+        print(f"{name}: not running; removed what its daemon left (socket, lock, ring)")
+        return True

@@ -182,6 +182,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     for key in data:
         if key not in known:
             raise ConfigError(f"config {path}: unknown setting {key!r}")
+    # A unit may start anywhere: a relative path in the file is relative to the file.
+    for key in ("manifest", "probe_cache"):
+        if isinstance(data.get(key), str):
+            value = Path(data[key]).expanduser()
+            data[key] = str(value if value.is_absolute() else Path(path).parent / value)
     return data
 
 

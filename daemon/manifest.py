@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vidring.loader.status import printable
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -201,9 +203,10 @@ def _from_folder(src: Path) -> Manifest:
     class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise ManifestError(f"dataset folder {src}: no class sub-folders")
-    classes = {d.name: i for i, d in enumerate(class_dirs)}
+    # Names that are not UTF-8 are shown with \xNN escapes: they travel as JSON.
+    classes = {printable(d.name): i for i, d in enumerate(class_dirs)}
     rows = [
-        VideoRow(f, classes[d.name], where=f"dataset folder {src}, file {f}")
+        VideoRow(f, classes[printable(d.name)], where=f"dataset folder {src}, file {f}")
         for d in class_dirs
         for f in sorted(d.rglob("*"))
         if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES

@@ -140,14 +140,14 @@ class WorkerPool:
         return finished
 
     def handle(self, identity: bytes, data: bytes) -> Finished | None:
+        worker = self._by_identity.get(identity)
+        if worker is None:
+            return None  # from a process already gone, or not one of ours: not even logged
         try:
             msg = protocol.decode(data, protocol.WORKER_MESSAGES)
         except protocol.ProtocolError as exc:
-            log.error("worker %r sent a bad message: %s", identity, exc)
+            log.error("decoder worker %d sent a bad message: %s", worker.worker_id, exc)
             return None
-        worker = self._by_identity.get(identity)
-        if worker is None:
-            return None  # from a process already gone
         now = self._clock()
         worker.heard_at = now
         if isinstance(msg, protocol.WorkerReady):  # ready, or the answer to a ping

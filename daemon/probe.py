@@ -184,8 +184,9 @@ class ProbeCache:
         st = os.stat(path)
         if self.folder is None:
             return None
-        key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}"
-        return self.folder / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+        key = b"\0".join([os.fsencode(os.path.abspath(path)),
+                          f"{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}".encode()])
+        return self.folder / (hashlib.sha1(key).hexdigest() + ".json")
 
     def _load(self, entry: Path | None) -> VideoInfo | None:
         if entry is None:

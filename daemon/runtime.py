@@ -10,6 +10,7 @@ import fcntl
 import logging
 import os
 import stat
+import time
 from typing import IO, TYPE_CHECKING
 
 from vidring.loader import paths
@@ -43,6 +44,7 @@ class RuntimeDir:
         try:
             _own_folder(folder)
         except StartupError:
+            lock_path.unlink(missing_ok=True)  # still ours: nobody else can hold it now
             lock_file.close()
             raise
         runtime = cls(name, folder, lock_path, lock_file)
@@ -56,6 +58,17 @@ class RuntimeDir:
     @property
     def work_endpoint(self) -> str:
         return f"ipc://{self.folder / paths.WORK_SOCKET}"
+
+    @classmethod
+    def clear_stale(cls, name: str) -> bool:
+        """Remove what a daemon killed with -9 left (sockets, folder, lock); False if a
+        daemon of this name is running.  The caller unlinks its ring segment."""
+        try:
+            runtime = cls.claim(name)
+        except StartupError:
+            return False
+        runtime.release()
+        return True
 
     def release(self) -> None:
         """Remove the sockets, the folder and the lock file, then unlock."""
@@ -90,6 +103,23 @@ def _own_folder(folder: Path) -> None:
                     stat.S_IMODE(st.st_mode))
 
 
+# A client checking whether a daemon is alive holds a shared lock for microseconds
+# (paths.daemon_running): a start that meets one tries again rather than fail.
+_LOCK_PATIENCE_S = 0.5
+
+
+def _flock_soon(lock_file: IO[str]) -> bool:
+    deadline = time.monotonic() + _LOCK_PATIENCE_S
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+
+
 def _lock(name: str, lock_path: Path) -> IO[str]:
     while True:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
@@ -97,13 +127,11 @@ def _lock(name: str, lock_path: Path) -> IO[str]:
             os.close(fd)
             raise StartupError(f"lock file {lock_path} belongs to another user")
         lock_file = os.fdopen(fd, "r+")
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _flock_soon(lock_file):
             holder = lock_file.read().strip() or "?"
             lock_file.close()
             raise StartupError(f"pipeline {name!r} is already served (pid {holder}); "
-                               f"stop it with `vidring stop {name}`") from None
+                               f"stop it with `vidring stop {name}`")
         try:
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 break

@@ -111,8 +111,8 @@ def _changed(path: str, task: protocol.Task) -> str:
         st = os.stat(path)
     except FileNotFoundError:
         return "no longer exists"
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror})"
+    except OSError:
+        return ""  # EIO, ESTALE, EACCES: maybe passing; the decode says, and is retried
     if task.size and (st.st_size, st.st_mtime_ns) != (task.size, task.mtime_ns):
         return (f"changed since it was probed (now {st.st_size} bytes, was {task.size}; "
                 "modified since): replaced or rewritten")

@@ -195,6 +195,7 @@ class Client:
         appear_by = time.monotonic() + min(self.timeout_s, _APPEAR_S)
         while True:
             sock_path = paths.control_socket_path(self.name)
+            running = paths.daemon_running(self.name)
             if sock_path.exists():
                 for path, folder in ((sock_path.parent.parent, True), (sock_path.parent, True),
                                      (sock_path, False)):
@@ -202,9 +203,13 @@ class Client:
                     if why:
                         raise UntrustedPipeline(f"pipeline {self.name!r}: refusing to connect: "
                                                 f"{why}")
-                return sock_path
-            starting = _lock_holder_alive(self.name)
-            if time.monotonic() > (self._deadline if starting else appear_by):
+                if running:
+                    return sock_path
+                raise DaemonUnavailable(
+                    f"pipeline {self.name!r} is not running: its daemon (pid "
+                    f"{paths.lock_pid(self.name) or '?'}) is gone; `vidring stop {self.name}` "
+                    "removes what it left")
+            if time.monotonic() > (self._deadline if running else appear_by):
                 raise DaemonUnavailable(
                     f"no vidring daemon named {self.name!r} on this machine (no socket at "
                     f"{sock_path}); start one with `vidring serve --name {self.name} ...`")
@@ -313,15 +318,6 @@ def _error_for(name: str, code: str, message: str) -> VidringError:
     if code == protocol.E_LEASE_EXPIRED:
         return LeaseExpired(f"pipeline {name!r}: {message}")
     return DaemonError(name, code, message)
-
-
-def _lock_holder_alive(name: str) -> bool:
-    """A daemon of this name holds its lock: it is starting (or stopping)."""
-    try:
-        pid = int(paths.lock_path(name).read_text().strip() or "0")
-    except (OSError, ValueError):
-        return False
-    return pid > 0 and pid_alive(pid)
 
 
 def pid_alive(pid: int) -> bool:

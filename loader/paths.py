@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
@@ -83,6 +84,31 @@ def lock_path(name: str) -> Path:
     guards, so two daemons of one name conflict whatever their XDG_RUNTIME_DIR; no
     segment name starts with "vidring.lock", so no pipeline name can make it collide."""
     return Path(f"/dev/shm/vidring.lock-{os.getuid()}-{check_name(name)}")
+
+
+def daemon_running(name: str) -> bool:
+    """Whether a daemon of this name holds its lock (starting, serving or stopping).  The
+    kernel drops an flock with its holder, so a daemon killed with -9 is seen at once,
+    whatever pid namespace it ran in."""
+    try:
+        fd = os.open(lock_path(name), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # drops the shared lock if we got it
+    return False
+
+
+def lock_pid(name: str) -> int:
+    """The pid the last daemon of this name wrote in its lock (0 if none)."""
+    try:
+        return int(lock_path(name).read_text().strip() or "0")
+    except (OSError, ValueError):
+        return 0
 
 
 def list_pipelines() -> list[str]:

@@ -273,6 +273,8 @@ def decode(data: bytes, allowed: frozenset[type[Message]]) -> Message:
         msg: Message = decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ProtocolError(_explain(data, exc, allowed)) from None
+    except UnicodeDecodeError as exc:  # msgspec's answer to a key that is not UTF-8
+        raise ProtocolError(f"message is not UTF-8 (byte {exc.start})") from None
     if msg.v != PROTOCOL_VERSION:
         raise ProtocolError(f"field 'v': expected protocol version {PROTOCOL_VERSION}, "
                             f"got {msg.v!r}")
@@ -283,7 +285,7 @@ def decode_body(msg: Reply, body_type: type[R]) -> R:
     """The record a reply carries, validated as `body_type`."""
     try:
         return msgspec.json.decode(msg.body, type=body_type)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"reply to request {msg.id}: {exc}") from None
 
 
@@ -318,7 +320,7 @@ def _peek(data: bytes) -> _Peek | None:
     try:
         _check_depth(data)
         return msgspec.json.decode(data, type=_Peek)
-    except (ProtocolError, msgspec.DecodeError):
+    except (ProtocolError, msgspec.DecodeError, UnicodeDecodeError):
         return None
 
 

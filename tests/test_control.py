@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import stat
@@ -240,6 +241,7 @@ def test_a_stop_during_a_parallel_cold_probe_ends_its_processes(
     os.mkfifo(slow)  # blocks one probe process forever
     (tmp_path / "m.csv").write_text("\n".join([*rows, f"{slow},99"]) + "\n")
     name = f"coldstop-{os.getpid()}"
+    semaphores = set(glob.glob("/dev/shm/sem.mp-*"))
     daemons.running[name] = subprocess.Popen(
         [sys.executable, "-m", "vidring.daemon.cli", "serve", "--name", name, "--manifest",
          str(tmp_path / "m.csv"), "--batch-size", "4", "--clip-length", "4", "--size", "8x8",
@@ -252,15 +254,16 @@ def test_a_stop_during_a_parallel_cold_probe_ends_its_processes(
     os.kill(daemons.pid(name), signal.SIGTERM)
     assert daemons.running[name].wait(timeout=20) == 0
     daemons.stop(name)  # asserts: no child process left, no segment
+    assert set(glob.glob("/dev/shm/sem.mp-*")) <= semaphores  # the pool's locks went too
 
 
-@pytest.mark.parametrize("how", ["vidring stop", "SIGTERM"])
+@pytest.mark.parametrize("how", ["vidring stop", "SIGTERM", "SIGINT", "SIGHUP"])
 def test_a_daemon_stopped_while_probing_exits_cleanly(how: str, daemons: Daemons,
                                                       video_dir: Path, tmp_path: Path) -> None:
     name, _ = _start_probing(daemons, video_dir, tmp_path)
     wait_until(lambda: _status_or_none(name), 30, "an answer while probing")
-    if how == "SIGTERM":
-        os.kill(daemons.pid(name), signal.SIGTERM)
+    if how.startswith("SIG"):
+        os.kill(daemons.pid(name), getattr(signal, how))
     else:
         assert cli("stop", name).returncode == 0
     assert daemons.running[name].wait(timeout=20) == 0

@@ -3,8 +3,10 @@ equal a full sequential decode."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import stat
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,6 +106,31 @@ def test_probe_cache_reuses_and_invalidates(tmp_path: Path, video: Path) -> None
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-probed
     cache.get(copy)
     assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+@pytest.mark.parametrize("tamper", ["world-writable", "foreign", "inconsistent", "not JSON"])
+def test_a_cache_entry_that_cannot_be_trusted_is_probed_again(tmp_path: Path, video: Path,
+                                                               tamper: str) -> None:
+    if tamper == "foreign" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    cache = ProbeCache(tmp_path / "cache")
+    truth = cache.get(video)
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+    data = json.loads(entry.read_text())
+    data["pts"] = list(range(len(data["pts"])))  # timestamps the daemon would seek to
+    if tamper == "inconsistent":
+        data["keys"] = [5, 1]
+    entry.write_text("{" if tamper == "not JSON" else json.dumps(data))
+    if tamper == "world-writable":
+        entry.chmod(0o666)
+    elif tamper == "foreign":
+        os.chown(entry, 65534, 65534)
+    again = ProbeCache(tmp_path / "cache").get(video)
+    assert again.frame_pts.tolist() == truth.frame_pts.tolist()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+    assert entry.stat().st_uid == os.getuid()
 
 
 def test_probe_many_in_processes_matches_probe(tmp_path: Path, video_dir: Path) -> None:

@@ -130,5 +130,26 @@ def test_full_shm_is_a_clear_error_and_leaves_nothing(seg_name: str) -> None:
 def test_attach_rejects_foreign_segment(seg_name: str) -> None:
     with open(f"/dev/shm/{seg_name}", "wb") as fh:
         fh.write(b"\x00" * 8192)
+    os.chmod(f"/dev/shm/{seg_name}", 0o600)
     with pytest.raises(RingError, match="bad magic"):
         Ring.attach(seg_name)
+    os.chmod(f"/dev/shm/{seg_name}", 0o644)
+    with pytest.raises(RingError, match="mode 0644: only this user's own"):
+        Ring.attach(seg_name)
+
+
+def test_attach_trusts_only_this_users_segment(seg_name: str) -> None:
+    lay = RingLayout(slot_count=2, batch_size=1, clip_length=1, height=2, width=2)
+    ring = Ring.create(seg_name, lay)
+    try:
+        os.chmod(f"/dev/shm/{seg_name}", 0o666)  # anyone could write batches into it
+        with pytest.raises(RingError, match="mode 0666"):
+            Ring.attach(seg_name)
+        os.chmod(f"/dev/shm/{seg_name}", 0o600)
+        if os.geteuid() == 0:
+            os.chown(f"/dev/shm/{seg_name}", 65534, 65534)
+            with pytest.raises(RingError, match="belongs to uid 65534"):
+                Ring.attach(seg_name)
+    finally:
+        ring.close()
+        ring.unlink()
