@@ -1,7 +1,10 @@
-"""Soak: resident memory of the daemon, each worker and the trainer over many clips.
+"""Soak: private memory of the daemon, each worker and the trainer over many clips.
 
 Reads batches as a trainer would (every array dropped after use, so slots go back by
-garbage collection) and samples RSS every --every clips.  Growth is reported from the
+garbage collection) and samples each process's unique set size (USS: the memory that
+would be freed if it exited) every --every clips.  RSS would also count the pages of the
+shared ring a process has touched, which grows until every slot position has been
+written once and is not a leak.  Growth is reported from the
 end of the warm-up (the first --warmup clips: imports, caches, the ring's pages touched)
 to the end.  Not run in CI: 20,000 clips take minutes.
 
@@ -26,7 +29,7 @@ SIZE = 112
 
 def _mib(process: psutil.Process) -> float:
     try:
-        return process.memory_info().rss / 2**20
+        return process.memory_full_info().uss / 2**20
     except psutil.NoSuchProcess:
         return float("nan")
 
@@ -51,7 +54,7 @@ def main() -> None:
             samples: list[tuple[int, float, list[float], float]] = []
             indices = indices_across_epochs(dataset)
             clips = 0
-            print(f"{'clips':>7} {'daemon MiB':>10} {'trainer MiB':>11}  workers MiB")
+            print(f"{'clips':>7} {'daemon MiB':>10} {'trainer MiB':>11}  workers MiB (USS)")
             while clips < args.clips:
                 x, y = dataset[next(indices)]
                 clips += len(x)

@@ -57,6 +57,9 @@ class ServeConfig:
     dtype: str = field(default="uint8", metadata=_flag("element type of x (default uint8)",
                                                        choices=sorted(DTYPES)))
     stride: int = field(default=1, metadata=_flag("take every F-th frame (default 1)", type=int))
+    worker_max_clips: int = field(default=10_000, metadata=_flag(
+        "a worker decodes this many clips, then a fresh process takes its place, which "
+        "bounds its memory (default 10000; 0: never)", type=int))
     task_timeout_s: float = field(default=60.0, metadata=_flag(
         "kill a decode stalled this long; the clip is retried (default 60)", type=float))
     lease_timeout_s: float = field(default=60.0, metadata=_flag(
@@ -119,6 +122,9 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.worker_max_clips, int) or self.worker_max_clips < 0:
+            raise ConfigError(f"worker_max_clips: must be an integer >= 0, got "
+                              f"{self.worker_max_clips!r}")
         if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers: must be 0..{MAX_WORKERS}, got {self.workers!r}")
         if self.slots < 2:

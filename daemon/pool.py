@@ -9,6 +9,8 @@ States, each transition written where it happens:
     IDLE -> STOPPING       silent for IDLE_SILENCE_S despite pings (liveness.py): killed
                            now, started again once gone
     BUSY -> IDLE           its task_done arrived
+    BUSY -> STOPPING       its task_done said it retires (--worker-max-clips): it exits by
+                           itself and is started again once gone
     IDLE -> STOPPING       scaled down: worker_stop now, SIGTERM and SIGKILL on deadlines
     BUSY -> STOPPING       scaled down (it finishes its clip first), or its decode ran
                            past its stall deadline (liveness.py; SIGKILL now, started
@@ -76,6 +78,7 @@ class WorkerPool:
         self._by_identity: dict[bytes, Worker] = {}
         self._next_id = 0
         self.restarts = 0
+        self.recycled = 0  # workers retired after --worker-max-clips and replaced
         self.last_error = ""
 
     # -- queries ------------------------------------------------------------------
@@ -100,7 +103,7 @@ class WorkerPool:
             idle=states.count(WorkerState.IDLE), busy=states.count(WorkerState.BUSY),
             stopping=states.count(WorkerState.STOPPING),
             backoff=states.count(WorkerState.BACKOFF), fatal=states.count(WorkerState.FATAL),
-            restarts=self.restarts, last_error=self.last_error)
+            restarts=self.restarts, recycled=self.recycled, last_error=self.last_error)
 
     # -- commands -----------------------------------------------------------------
 
@@ -163,7 +166,12 @@ class WorkerPool:
         worker.task = None
         if not msg.error:
             self.decode_times.record(now - worker.task_started, len(task.tasks))
-        if worker.state == WorkerState.STOPPING:
+        if msg.retiring and worker.state == WorkerState.BUSY:
+            self.recycled += 1
+            worker.respawn = True
+            worker.state = WorkerState.STOPPING  # BUSY -> STOPPING: retired, exits by itself
+            worker.deadline = now + STOP_GRACE_S
+        elif worker.state == WorkerState.STOPPING:
             self._send_stop(worker, now)  # its clip is done: now it can go
         else:
             worker.state = WorkerState.IDLE  # BUSY -> IDLE

@@ -226,7 +226,8 @@ def python_starter(endpoint: str, segment: str, ring_id: int, config: ServeConfi
     VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
     python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
     parent = str(os.getpid())
-    pixels = ["--interpolation", config.interpolation]
+    pixels = ["--interpolation", config.interpolation, "--max-clips",
+              str(config.worker_max_clips)]
     for name in ("mean", "std"):
         values = getattr(config, name)
         if values is not None:

@@ -25,7 +25,18 @@ from vidring.loader.status import printable
 
 # How long one wait for a task lasts before the worker checks its parent again.
 _POLL_TIMEOUT_S = 0.5
+# FFmpeg's many small allocations fragment glibc's heap: a worker's private memory grew
+# 30 MiB over 20,000 clips (benchmarks/soak.py).  Handing free pages back every so often
+# takes most of that away; retiring a worker after --worker-max-clips bounds the rest.
+_TRIM_EVERY_CLIPS = 1000
 _PR_SET_PDEATHSIG = 1
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _die_with_parent() -> None:
@@ -39,7 +50,7 @@ def _die_with_parent() -> None:
 
 def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: int, *,
         interpolation: str = DEFAULT_INTERPOLATION, mean: list[float] | None = None,
-        std: list[float] | None = None) -> int:
+        std: list[float] | None = None, max_clips: int = 0) -> int:
     _die_with_parent()
     # Ctrl-C or a closed terminal reaches the whole process group; the daemon
     # decides when workers stop.
@@ -60,6 +71,7 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
     sock.setsockopt(zmq.IDENTITY, identity.encode())  # the pool knows this process by it
     sock.connect(endpoint)
     sock.send(protocol.encode(protocol.WorkerReady()))
+    clips = 0
     try:
         while os.getppid() == parent_pid:
             if not sock.poll(int(_POLL_TIMEOUT_S * 1000)):
@@ -70,7 +82,13 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
                 continue
             if not isinstance(msg, protocol.Task):
                 break  # worker_stop
-            sock.send(_do_task(decoder, ring, identity, msg))
+            before, clips = clips, clips + len(msg.clips)
+            retiring = bool(max_clips) and clips >= max_clips
+            sock.send(_do_task(decoder, ring, identity, msg, retiring=retiring))
+            if retiring:
+                break  # a fresh process takes its place (see _TRIM_EVERY_CLIPS)
+            if clips // _TRIM_EVERY_CLIPS != before // _TRIM_EVERY_CLIPS:
+                _trim_heap()
     finally:
         decoder.close()
         sock.close(linger=0)
@@ -79,14 +97,15 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
     return 0
 
 
-def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Task) -> bytes:
+def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Task, *,
+             retiring: bool = False) -> bytes:
     path = os.fsdecode(task.path)
     changed = _changed(path, task)
     if changed:
         decoder.forget(path)
         return protocol.encode(protocol.TaskDone(
             task_id=task.task_id, error=f"in decoder worker {identity}: {printable(path)}: "
-                                        f"{changed}", permanent=True))
+                                        f"{changed}", permanent=True, retiring=retiring))
     error = ""
     try:
         # Each clip frame's place in the slot, in the order of the timestamps.
@@ -102,7 +121,8 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
     except Exception as exc:
         error = (f"in decoder worker {identity}, file {printable(path)}: "
                  f"{type(exc).__name__}: {printable(str(exc))}")
-    return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error))
+    return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error,
+                                             retiring=retiring))
 
 
 def _changed(path: str, task: protocol.Task) -> str:
@@ -130,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
                         default=DEFAULT_INTERPOLATION)
     parser.add_argument("--mean", type=_floats)
     parser.add_argument("--std", type=_floats)
+    parser.add_argument("--max-clips", type=int, default=0)
     args = parser.parse_args(argv)
     return run(args.endpoint, args.segment, args.ring_id, args.identity, args.parent_pid,
-               interpolation=args.interpolation, mean=args.mean, std=args.std)
+               interpolation=args.interpolation, mean=args.mean, std=args.std,
+               max_clips=args.max_clips)
 
 
 def _floats(text: str) -> list[float]:

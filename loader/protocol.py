@@ -184,6 +184,7 @@ class TaskDone(Message, tag="task_done"):
     task_id: int
     error: str = ""  # empty: the clip is in its place in the slot
     permanent: bool = False  # the file is gone or changed: retrying cannot help
+    retiring: bool = False  # its last: it decoded --worker-max-clips and exits now
 
 
 # -- answers ------------------------------------------------------------------------

@@ -56,7 +56,9 @@ class WorkerCounts:
     fatal: int
     """Given up on after failing to start too often; `vidring scale` tries them again."""
     restarts: int
-    """Worker exits the daemon did not ask for, and decodes killed for stalling."""
+    """Unplanned worker exits, and workers killed for a stalled decode or for not answering."""
+    recycled: int
+    """Workers retired after --worker-max-clips clips and replaced (planned, not failures)."""
     last_error: str
     """Why a worker last failed to start or died ('' if none has)."""
 

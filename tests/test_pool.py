@@ -426,3 +426,18 @@ def test_slow_decodes_raise_the_deadline_up_to_the_task_timeout() -> None:
     for _ in range(liveness.RECENT):
         times.record(20.0, clips=1)
     assert times.stall_timeout_s(1) == 60.0
+
+
+def test_a_worker_that_retires_is_replaced_without_counting_a_failure() -> None:
+    h = Harness(1)
+    worker, job = h.busy_worker(5)
+    done = h.pool.handle(worker.identity, protocol.encode(
+        protocol.TaskDone(task_id=5, retiring=True)))
+    assert done == Finished(job, "")
+    assert worker.state == WorkerState.STOPPING
+    assert h.pool.idle() == []  # never given another task
+    h.procs[0].returncode = 0  # it exits by itself
+    h.tick(0.1)
+    assert worker.state == WorkerState.STARTING
+    counts = h.pool.counts()
+    assert (counts.recycled, counts.restarts) == (1, 0)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -269,3 +270,33 @@ def test_write_video_keeps_rotation_for_fixtures(tmp_path: Path) -> None:
     write_video(path, np.zeros((2, *SIZE, 3), np.uint8), rotation=90)
     with av.open(str(path)) as container:
         assert next(container.decode(video=0)).rotation == 90
+
+
+def test_workers_retire_after_max_clips_and_nothing_is_lost(daemons: Daemons,
+                                                            manifest: Path) -> None:
+    name = daemons.start(manifest, workers=2, slots=2, extra=["--worker-max-clips", "5"])
+    with ClipDataset(name) as ds:
+        for _ in range(2):
+            assert sorted(_one_epoch_labels(ds)) == list(range(N_VIDEOS))
+    st = status(name)
+    assert st.workers.recycled >= 4  # 32 clips, 5 a worker
+    assert st.workers.restarts == 0
+    assert st.errors.count == 0
+
+
+def test_a_trainer_killed_with_sigkill_gives_its_leases_back(daemons: Daemons,
+                                                             manifest: Path) -> None:
+    name = daemons.start(manifest, workers=2, slots=3)
+    script = ("import os, signal, sys\n"
+              "from vidring.loader import ClipDataset\n"
+              "ds = ClipDataset(sys.argv[1])\n"
+              "held = [ds[i] for i in range(2)]\n"  # two leases held
+              "print('holding', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    done = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    assert "holding" in done.stdout
+    wait_until(lambda: status(name).slots.leased == 0, 10, "the dead trainer's leases back")
+    with ClipDataset(name) as ds:
+        assert sorted(_one_epoch_labels(ds)) == list(range(N_VIDEOS))
