@@ -1,10 +1,11 @@
-"""Soak: private memory of the daemon, each worker and the trainer over many clips.
+"""Soak: heap memory of the daemon, each worker and the trainer over many clips.
 
 Reads batches as a trainer would (every array dropped after use, so slots go back by
-garbage collection) and samples each process's unique set size (USS: the memory that
-would be freed if it exited) every --every clips.  RSS would also count the pages of the
-shared ring a process has touched, which grows until every slot position has been
-written once and is not a leak.  Growth is reported from the
+garbage collection) and samples each process's anonymous memory (its heap and stacks,
+from /proc/PID/smaps_rollup) every --every clips.  RSS and even USS also count the pages
+of the shared ring a process has touched, which grow until every slot position has been
+written once and are no leak.  Workers are retired after --worker-max-clips, so the
+worker columns are whichever processes are alive at each sample.  Growth is reported from the
 end of the warm-up (the first --warmup clips: imports, caches, the ring's pages touched)
 to the end.  Not run in CI: 20,000 clips take minutes.
 
@@ -28,10 +29,15 @@ SIZE = 112
 
 
 def _mib(process: psutil.Process) -> float:
+    """Anonymous memory in MiB (nan once the process is gone)."""
     try:
-        return process.memory_full_info().uss / 2**20
-    except psutil.NoSuchProcess:
-        return float("nan")
+        with open(f"/proc/{process.pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def main() -> None:
@@ -54,7 +60,7 @@ def main() -> None:
             samples: list[tuple[int, float, list[float], float]] = []
             indices = indices_across_epochs(dataset)
             clips = 0
-            print(f"{'clips':>7} {'daemon MiB':>10} {'trainer MiB':>11}  workers MiB (USS)")
+            print(f"{'clips':>7} {'daemon MiB':>10} {'trainer MiB':>11}  workers MiB (anonymous)")
             while clips < args.clips:
                 x, y = dataset[next(indices)]
                 clips += len(x)
@@ -64,16 +70,17 @@ def main() -> None:
                     samples.append((clips, _mib(daemon), workers, _mib(trainer)))
                     print(f"{clips:>7} {samples[-1][1]:>10.1f} {samples[-1][3]:>11.1f}  "
                           + " ".join(f"{w:.0f}" for w in workers), flush=True)
-            restarts = dataset.status().workers.restarts
+            counts = dataset.status().workers
+            restarts, recycled = counts.restarts, counts.recycled
     after = [s for s in samples if s[0] >= args.warmup]
     if len(after) < 2:
         print("too few samples after the warm-up to judge growth")
         return
     first, last = after[0], after[-1]
-    worker_growth = max(b - a for a, b in zip(first[2], last[2], strict=False))
+    workers = [w for s in after for w in s[2] if w == w]
     print(f"\nfrom {first[0]} to {last[0]} clips: daemon {last[1] - first[1]:+.1f} MiB, "
-          f"trainer {last[3] - first[3]:+.1f} MiB, largest worker change "
-          f"{worker_growth:+.1f} MiB; {restarts} worker restarts")
+          f"trainer {last[3] - first[3]:+.1f} MiB, workers between {min(workers):.0f} and "
+          f"{max(workers):.0f} MiB; {recycled} workers recycled, {restarts} restarts")
 
 
 if __name__ == "__main__":
