@@ -232,7 +232,9 @@ class Scale(Command["Scale.Request"]):
     """Change the number of decoder workers while serving."""
 
     class Request(protocol.Request, tag="scale"):
-        workers: Annotated[int, msgspec.Meta(ge=0, le=protocol.MAX_WORKERS)]
+        workers: Annotated[int, msgspec.Meta(ge=0, le=protocol.MAX_WORKERS)] | None = None
+        delta: Annotated[int, msgspec.Meta(ge=-protocol.MAX_WORKERS,
+                                           le=protocol.MAX_WORKERS)] = 0  # +K / -K
 
     class Reply(protocol.Body):
         target: int
@@ -243,15 +245,24 @@ class Scale(Command["Scale.Request"]):
     cli = True
 
     def handle(self, daemon: Daemon, identity: bytes, req: Scale.Request) -> Any:
-        previous = daemon.pool.set_target(req.workers)
-        log.info("scale: %d -> %d workers", previous, req.workers)
-        return self.Reply(target=req.workers, previous=previous)
+        current = daemon.pool.target
+        target = req.workers if req.workers is not None else current + req.delta
+        target = min(max(target, 0), protocol.MAX_WORKERS)
+        previous = daemon.scale(target, "asked by `vidring scale`")
+        return self.Reply(target=target, previous=previous)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("workers", type=int, help="the new worker count")
+        parser.add_argument("workers", help="the new worker count N, or +K / -K more or fewer")
 
     def build_request(self, args: argparse.Namespace) -> protocol.Request:
-        return self.Request(workers=args.workers)
+        text = str(args.workers).strip()
+        try:
+            number = int(text)
+        except ValueError:
+            raise ValueError(f"workers: expected N, +K or -K, got {text!r}") from None
+        if text[0] in "+-":
+            return self.Request(delta=number)
+        return self.Request(workers=number)
 
     def render(self, reply: Scale.Reply, args: argparse.Namespace) -> str:
         return f"{args.name}: workers {reply.previous} -> {reply.target}"

@@ -41,6 +41,7 @@ from vidring.daemon.commands import REGISTRY, BadRequest
 from vidring.daemon.config import ServeConfig
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest
+from vidring.daemon.notify import Notifier
 from vidring.daemon.pool import DRAIN_LIMIT, WorkerPool
 from vidring.daemon.production import Production
 from vidring.daemon.schedule import Key, Scheduler
@@ -75,7 +76,8 @@ class Parts:
     pool: WorkerPool
     control: zmq.Socket[Any]
     resources: contextlib.ExitStack  # closing it is steps 2-4 of NOTE [ shutdown ]
-    stop: threading.Event  # set by `stop`, SIGTERM or SIGINT (startup.serve's handlers)
+    stop: threading.Event  # set by `stop`, SIGTERM, SIGINT or SIGHUP (startup.serve's)
+    notifier: Notifier  # systemd's notify socket (does nothing outside systemd)
 
 
 class Daemon:
@@ -90,6 +92,7 @@ class Daemon:
         self.pool = parts.pool
         self._control = parts.control
         self._resources = parts.resources
+        self._notifier = parts.notifier
         self._clock = clock
         self._policy = WaitPolicy(self.config.exhausted_wait_s, self.config.task_timeout_s)
         self._stop = parts.stop
@@ -130,6 +133,8 @@ class Daemon:
     def _tick(self) -> None:
         now = self._clock()
         self._finish(self.pool.reconcile())
+        self._notifier.serving(now, batch_ready=lambda: self.sched.counts().ready > 0,
+                               status=self._status_line)
         if now - self._last_client_check > _CLIENT_CHECK_S:
             self._last_client_check = now
             self._expire_clients(now)
@@ -225,6 +230,11 @@ class Daemon:
                 still.append(w)
         self._waiting = still
 
+    def _status_line(self) -> str:
+        slots = self.sched.counts()
+        return (f"{slots.ready}/{slots.total} batches ready, "
+                f"{self.production.clips_per_s():.1f} clips/s, {self.pool.alive()} workers")
+
     def status(self) -> StatusRecord:
         start = status_at_start(self.config, videos=len(self.manifest),
                                 manifest=str(self.manifest.source),
@@ -240,14 +250,23 @@ class Daemon:
             spilled=self.clients.spilled_total, waiting_requests=len(self._waiting),
             queued_clips=len(self.production.tasks))
 
+    def scale(self, target: int, reason: str) -> int:
+        """Set the worker target (a command or the autoscaler); returns the previous one."""
+        previous = self.pool.set_target(target)
+        if previous != target:
+            log.info("scale: %d -> %d workers (%s)", previous, target, reason)
+        return previous
+
     # -- stop -----------------------------------------------------------------------
 
     def close(self) -> None:
         """See NOTE [ shutdown ]."""
         self._stop.set()
+        self._notifier.stopping()
         for w in self._waiting:
             with contextlib.suppress(zmq.ZMQError):
                 self._error(w.identity, w.req_id, protocol.E_STOPPING, "daemon is stopping")
         self._waiting = []
         self._resources.close()
+        self._notifier.close()
         log.info("stopped %r", self.config.name)

@@ -36,6 +36,7 @@ from rich.text import Text
 from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
+from vidring.daemon.notify import Notifier
 from vidring.daemon.pool import WorkerPool
 from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
 from vidring.daemon.production import Production
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidring.daemon")
 
 
-def build(config: ServeConfig, stop: threading.Event) -> Daemon:
+def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Daemon:
     """The daemon, serving once its loop runs; StopRequested if `stop` is set while probing."""
     with contextlib.ExitStack() as stack:
         runtime = RuntimeDir.claim(config.name)
@@ -71,7 +72,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
         labels = targets(manifest, config.labels)
         paths = [str(row.path) for row in manifest.rows]
         faults = FaultLedger(paths, config.retry_delay_s)
-        infos = _probe_all(config, manifest, faults, control, stop)
+        infos = _probe_all(config, manifest, faults, control, stop, notifier)
         if len(faults.quarantine) == len(manifest):
             reason = faults.last_error.reason if faults.last_error else ""
             raise StartupError(f"no readable video in {config.manifest}: {reason}")
@@ -110,7 +111,7 @@ def build(config: ServeConfig, stop: threading.Event) -> Daemon:
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
         daemon = Daemon(Parts(config, manifest, labels, ring, sched, faults, production, pool,
-                              control, stack.pop_all(), stop))
+                              control, stack.pop_all(), stop, notifier))
     _log_start(config, manifest, labels, layout, batches)
     return daemon
 
@@ -121,17 +122,23 @@ def serve(config: ServeConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    notifier = Notifier()  # takes NOTIFY_SOCKET out of the environment workers inherit
     try:
-        daemon = build(config, stop)
+        daemon = build(config, stop, notifier)
     except StopRequested:
+        notifier.stopping()
         log.info("stopped %r while probing", config.name)
         return 0
+    except BaseException:
+        notifier.stopping()
+        raise
     daemon.serve_forever()  # returns at once if a stop came meanwhile
     return 0
 
 
 def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
-               control: zmq.Socket[Any], stop: threading.Event) -> list[VideoInfo | None]:
+               control: zmq.Socket[Any], stop: threading.Event,
+               notifier: Notifier) -> list[VideoInfo | None]:
     try:
         cache = ProbeCache(config.probe_cache or default_cache_dir())
     except ProbeError as exc:
@@ -145,6 +152,7 @@ def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
             def tell(done: int) -> None:
                 progress(done)  # for `vidring status`
                 shown(done)  # for the operator's terminal
+                notifier.starting(time.monotonic(), f"probing {done}/{len(rows)} videos")
 
             return cache.get_many(rows, processes=max(1, config.workers), progress=tell,
                                   cancel=stop)

@@ -20,7 +20,7 @@ import psutil
 
 from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.daemon.launch import start_daemon, stop_daemon
-from vidring.loader import Client, ClipDataset
+from vidring.loader import Client, ClipDataset, paths
 from vidring.loader.ring import segment_name
 
 if TYPE_CHECKING:
@@ -178,6 +178,8 @@ class Daemons:
         assert not alive, f"workers of {name} still alive after stop: {alive}"
         assert not leaked, f"segment of {name} left in /dev/shm after stop"
         assert code == 0, f"daemon {name} exited with code {code}"
+        left = [p for p in (paths.lock_path(name), paths.runtime_dir(name)) if p.exists()]
+        assert not left, f"{name} left {left} after stop"
 
     def close(self) -> None:
         errors = []

@@ -19,6 +19,7 @@ import pytest
 from tests.support import N_VIDEOS, SIZE, Daemons, cli, status, wait_until
 from vidring.daemon import liveness
 from vidring.daemon.demo import write_video
+from vidring.daemon.runtime import RuntimeDir
 from vidring.loader import ClipDataset, DaemonUnavailable, UntrustedPipeline, paths
 from vidring.loader.ring import segment_name
 
@@ -300,3 +301,19 @@ def test_a_trainer_killed_with_sigkill_gives_its_leases_back(daemons: Daemons,
     wait_until(lambda: status(name).slots.leased == 0, 10, "the dead trainer's leases back")
     with ClipDataset(name) as ds:
         assert sorted(_one_epoch_labels(ds)) == list(range(N_VIDEOS))
+
+
+def test_a_daemon_narrows_its_own_runtime_folder_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "runtime"
+    root.mkdir()
+    os.chmod(root, 0o777)
+    monkeypatch.setenv("VIDRING_RUNTIME_DIR", str(root))
+    runtime = RuntimeDir.claim(f"narrow-{os.getpid()}")
+    try:
+        assert stat.S_IMODE(root.stat().st_mode) == 0o700
+        assert stat.S_IMODE(runtime.folder.stat().st_mode) == 0o700
+        assert "had mode 0777: made it 0700" in caplog.text
+    finally:
+        runtime.release()
+    assert not runtime.folder.exists()
