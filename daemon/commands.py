@@ -196,6 +196,29 @@ class Status(Command[protocol.Status]):
         return protocol.to_json(reply) if args.json else format_status(reply)
 
 
+@command
+class Config(Command["Config.Request"]):
+    """Print a running pipeline's effective settings, as a file `serve --config` reads."""
+
+    class Request(protocol.Request, tag="config"):
+        pass
+
+    class Reply(protocol.Body):
+        toml: str
+
+    Request.reply_type = Reply
+    request = Request
+    cli = True
+
+    def handle(self, daemon: Daemon, identity: bytes, req: Config.Request) -> Any:
+        from vidring.daemon.config import as_toml
+
+        return self.Reply(toml=as_toml(daemon.config))
+
+    def render(self, reply: Config.Reply, args: argparse.Namespace) -> str:
+        return reply.toml
+
+
 def format_status(st: StatusRecord) -> str:
     slots, workers, errors = st.slots, st.workers, st.errors
     shape = "x".join(str(v) for v in st.batch_shape)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -36,6 +37,17 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def workers_setting(value: Any) -> int:
+    """A worker count, or "auto": one per usable core but one, left to the trainer's own
+    process (its Python loop, the model step on a CPU)."""
+    if value == "auto":
+        return max(1, default_workers() - 1)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"workers: expected a number or 'auto', got {value!r}") from None
+
+
 def _flag(help_: str, **argparse_kwargs: Any) -> dict[str, Any]:
     """Field metadata: the field is also a `vidring serve` flag and a TOML key."""
     return {"help": help_, **argparse_kwargs}
@@ -51,7 +63,9 @@ class ServeConfig:
     clip_length: int = field(metadata=_flag("frames per clip (T)", type=int))
     height: int = field(metadata={"size": True})
     width: int = field(metadata={"size": True})
-    workers: int = field(metadata=_flag("decoder processes (default: the cores)", type=int))
+    workers: int = field(metadata=_flag(
+        "decoder processes, or auto: one per core but one for the trainer (default: the "
+        "cores)"))
     slots: int = field(default=4, metadata=_flag("batches the ring holds (default 4)", type=int))
     seed: int = field(default=0, metadata=_flag("seed of the epoch plan (default 0)", type=int))
     dtype: str = field(default="uint8", metadata=_flag("element type of x (default uint8)",
@@ -205,8 +219,8 @@ def build(settings: dict[str, Any]) -> ServeConfig:
         if required not in values:
             flag = "size" if required == "height" else required.replace("_", "-")
             raise ConfigError(f"{flag}: required (flag --{flag} or the config file)")
-    if values.get("workers") is None:
-        values["workers"] = default_workers()
+    values["workers"] = (default_workers() if values.get("workers") is None
+                         else workers_setting(values["workers"]))
     values["manifest"] = Path(values["manifest"]).expanduser()
     for name in ("mean", "std"):
         if name in values:
@@ -218,6 +232,30 @@ def build(settings: dict[str, Any]) -> ServeConfig:
     except TypeError as exc:
         raise ConfigError(str(exc)) from None
 
+
+
+def as_toml(config: ServeConfig) -> str:
+    """The config as a file `vidring serve --config` reads back to the same config."""
+    lines = []
+    for setting in SETTINGS:
+        value = getattr(config, setting.name)
+        if value is None:
+            lines.append(f"# {setting.name} is not set")
+            continue
+        lines.append(f"{setting.name} = {_toml_value(value)}")
+        if setting.name == "clip_length":
+            lines.append(f'size = "{config.height}x{config.width}"')
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is written like a JSON one
 
 
 def _numbers(name: str, value: Any) -> tuple[float, ...]:

@@ -1,0 +1,59 @@
+"""Operating a pipeline: its effective config, config precedence, relative scaling and
+`--workers auto`, against real daemons."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from typing import TYPE_CHECKING
+
+from tests.support import Daemons, cli, status, wait_until
+from vidring.daemon.config import default_workers
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _config(name: str) -> dict[str, object]:
+    done = cli("config", name)
+    assert done.returncode == 0, done.stderr
+    return tomllib.loads(done.stdout)
+
+
+def test_config_precedence_is_flag_then_file_then_default(daemons: Daemons, manifest: Path,
+                                                          tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('batch_size = 2\nseed = 7\nresize = "short_side"\nshort_side = 40\n'
+                    'dtype = "float32"\nmean = [0.5, 0.5, 0.5]\n')
+    # Daemons.start passes --batch-size 4 and --seed 0 as flags: they win over the file.
+    name = daemons.start(manifest, workers=1, slots=2, seed=3, dtype="float32",
+                         extra=["--config", str(conf), "--flip"])
+    got = _config(name)
+    assert got["batch_size"] == 4  # flag over file
+    assert got["seed"] == 3  # flag over file
+    assert (got["resize"], got["short_side"], got["mean"]) == ("short_side", 40, [0.5] * 3)
+    assert got["flip"] is True  # flag
+    assert got["retry_delay_s"] == 2.0  # default
+    assert got["size"] == "24x32"
+    # What `config` prints starts the same pipeline again.
+    again = tmp_path / "again.toml"
+    again.write_text(cli("config", name).stdout.replace(f'name = "{name}"', ""))
+    other = f"again-{os.getpid()}"
+    daemons.start(manifest, name=other, workers=1, slots=2, seed=3, dtype="float32",
+                  extra=["--config", str(again)])
+    assert {k: v for k, v in _config(other).items() if k != "name"} == {
+        k: v for k, v in got.items() if k != "name"}
+
+
+def test_relative_scaling_and_auto_workers(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    assert "workers 1 -> 3" in cli("scale", name, "+2").stdout
+    assert "workers 3 -> 2" in cli("scale", name, "-1").stdout
+    assert "workers 2 -> 0" in cli("scale", name, "-5").stdout  # not below zero
+    assert cli("scale", name, "2").returncode == 0
+    wait_until(lambda: status(name).workers.idle == 2, 30, "two idle workers")
+    bad = cli("scale", name, "lots")
+    assert bad.returncode == 2
+    assert "expected N, +K or -K" in bad.stderr
+    auto = daemons.start(manifest, slots=2, extra=["--workers", "auto"])
+    assert status(auto).workers.target == max(1, default_workers() - 1)
