@@ -104,6 +104,13 @@ class ServeConfig:
         "serve part I of every epoch (one daemon per host; default 0)", type=int))
     num_shards: int = field(default=1, metadata=_flag(
         "how many parts each epoch is split into (default 1)", type=int))
+    metrics_port: int | None = field(default=None, metadata=_flag(
+        "serve Prometheus metrics on this port (off by default)", type=int))
+    metrics_address: str = field(default="127.0.0.1", metadata=_flag(
+        "the address the metrics are served on (default loopback)"))
+    autoscale: str | None = field(default=None, metadata=_flag(
+        "MIN:MAX: grow the workers while the trainer waits and cores are idle, shrink them "
+        "while batches sit ready (starts at --workers)"))
     resize: str = field(default="stretch", metadata=_flag(
         "stretch (default: the whole frame to HxW) or short_side (scale, then crop HxW)",
         choices=list(RESIZES)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import av
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from vidring.daemon.augment import Look
 
 MAX_OPEN_CONTAINERS = 8
+# Where a clip's time goes: open and seek, decoding up to its first frame (pre-roll),
+# decoding its frames, and cutting, resizing and writing them.
+STAGES = ("open", "preroll", "frames", "write")
 
 
 class DecodeError(Exception):
@@ -84,6 +88,9 @@ class ClipDecoder:
                                    std=std)
         self._open: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
         self._max_open = max_open
+        # Seconds of the last decode_frames in each STAGES part, for `vidring top`.
+        self.last_stages: tuple[float, ...] = (0.0,) * len(STAGES)
+        self._marks = _Marks()
 
     def close(self) -> None:
         while self._open:
@@ -141,8 +148,10 @@ class ClipDecoder:
             if out.shape != (self.height, self.width, 3):
                 raise ValueError(f"a frame's place has shape {out.shape}, frames are "
                                  f"({self.height}, {self.width}, 3)")
+        self._marks = _Marks()
         try:
             self._decode(path, key_pts, key_dts, frame_pts, _Places(outs, looks, rotation))
+            self.last_stages = self._marks.stages()
         except DecodeError:
             self._forget(path)
             raise
@@ -174,6 +183,7 @@ class ClipDecoder:
     def _decode(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
                 out: _Places) -> None:
         stream, packets = self._packets_from_key(path, key_pts, key_dts)
+        self._marks.opened = time.perf_counter()
         ctx = stream.codec_context
         targets: dict[int, list[int]] = {}
         for t, pts in enumerate(frame_pts):
@@ -228,6 +238,10 @@ class ClipDecoder:
     def _write(self, frame: Any, out: _Places, positions: list[int]) -> None:
         # A frame repeated in one clip (a short video's last) is converted once; clips of
         # one pass that share a frame may cut it differently.
+        marks = self._marks
+        started = time.perf_counter()
+        if marks.first_frame == 0.0:
+            marks.first_frame = started
         written: dict[Look | None, np.ndarray] = {}
         for t in positions:
             look, place = out.looks[t], out.outs[t]
@@ -237,6 +251,24 @@ class ClipDecoder:
                 written[look] = place
             else:
                 np.copyto(place, done)
+        marks.writing += time.perf_counter() - started
+
+
+class _Marks:
+    """When one decode_frames call reached each stage (perf_counter seconds)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.opened = self.first_frame = 0.0
+        self.writing = 0.0  # seconds in crop, resize and copy
+
+    def stages(self) -> tuple[float, ...]:
+        """Seconds spent in each of STAGES."""
+        end = time.perf_counter()
+        opened = self.opened or end
+        first = self.first_frame or end
+        return (opened - self.started, first - opened, max(end - first - self.writing, 0.0),
+                self.writing)
 
 
 class _Places(NamedTuple):

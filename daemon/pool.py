@@ -175,7 +175,8 @@ class WorkerPool:
             self._send_stop(worker, now)  # its clip is done: now it can go
         else:
             worker.state = WorkerState.IDLE  # BUSY -> IDLE
-        return Finished(task, msg.error, msg.permanent)
+        return Finished(task, msg.error, msg.permanent, now - worker.task_started,
+                        tuple(msg.stages))
 
     # -- the loop's tick ----------------------------------------------------------------
 

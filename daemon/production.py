@@ -90,6 +90,9 @@ class Production:
             clips=clips, key_pts=key_pts, key_dts=key_dts, rotation=info.rotation,
             size=info.size, mtime_ns=info.mtime_ns))
 
+    def path_of(self, task: Task) -> str:
+        return self._paths[task.choice.video_index]
+
     def _look(self, task: Task, info: VideoInfo) -> Look:
         """The clip's crop and flip: a pure function of the plan, like its frames."""
         choice = task.choice

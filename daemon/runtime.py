@@ -59,6 +59,10 @@ class RuntimeDir:
     def work_endpoint(self) -> str:
         return f"ipc://{self.folder / paths.WORK_SOCKET}"
 
+    @property
+    def stats_endpoint(self) -> str:
+        return f"ipc://{self.folder / paths.STATS_SOCKET}"
+
     @classmethod
     def clear_stale(cls, name: str) -> bool:
         """Remove what a daemon killed with -9 left (sockets, folder, lock); False if a
@@ -84,7 +88,7 @@ class RuntimeDir:
         self._lock_file = None
 
     def _remove_sockets(self) -> None:
-        for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET):
+        for sock in (paths.CONTROL_SOCKET, paths.WORK_SOCKET, paths.STATS_SOCKET):
             (self.folder / sock).unlink(missing_ok=True)
 
 

@@ -47,6 +47,7 @@ from vidring.daemon.production import Production
 from vidring.daemon.schedule import Key, Scheduler
 from vidring.daemon.starting import status_at_start
 from vidring.daemon.targets import Targets
+from vidring.daemon.telemetry import Telemetry
 from vidring.daemon.waiting import Progress, Verdict, Waiting, WaitPolicy
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
@@ -54,6 +55,7 @@ from vidring.loader.ring import Ring
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from vidring.daemon.workers import Finished
     from vidring.loader.status import StatusRecord
 
 log = logging.getLogger("vidring.daemon")
@@ -78,6 +80,7 @@ class Parts:
     resources: contextlib.ExitStack  # closing it is steps 2-4 of NOTE [ shutdown ]
     stop: threading.Event  # set by `stop`, SIGTERM, SIGINT or SIGHUP (startup.serve's)
     notifier: Notifier  # systemd's notify socket (does nothing outside systemd)
+    telemetry: Telemetry  # live statistics and metrics
 
 
 class Daemon:
@@ -93,6 +96,7 @@ class Daemon:
         self._control = parts.control
         self._resources = parts.resources
         self._notifier = parts.notifier
+        self.telemetry = parts.telemetry
         self._clock = clock
         self._policy = WaitPolicy(self.config.exhausted_wait_s, self.config.task_timeout_s)
         self._stop = parts.stop
@@ -135,6 +139,7 @@ class Daemon:
         self._finish(self.pool.reconcile())
         self._notifier.serving(now, batch_ready=lambda: self.sched.counts().ready > 0,
                                status=self._status_line)
+        self.telemetry.tick(now, self)
         if now - self._last_client_check > _CLIENT_CHECK_S:
             self._last_client_check = now
             self._expire_clients(now)
@@ -143,8 +148,12 @@ class Daemon:
         self.production.dispatch(self.pool)
         self._answer_waiting(now)
 
-    def _finish(self, results: list[Any]) -> None:
+    def _finish(self, results: list[Finished]) -> None:
         for result in results:
+            if not result.error:
+                self.telemetry.clip_done(self.production.path_of(result.job.tasks[0]),
+                                         result.seconds, len(result.job.tasks),
+                                         list(result.stages))
             for slot, position in self.production.finished(result):
                 self.sched.clip_done(slot, position)
 
@@ -182,7 +191,8 @@ class Daemon:
         """Answer request `req_id` once batch `key` is ready (or say why it cannot be)."""
         self._waiting.append(Waiting(identity, req_id, key, self._clock()))
 
-    def lease(self, identity: bytes, slot: int) -> protocol.Lease:
+    def lease(self, identity: bytes, slot: int, waited_s: float = 0.0) -> protocol.Lease:
+        self.telemetry.trainer_waited(waited_s)
         lease_id = self.sched.lease(slot, identity)
         rec = self.sched.slots[slot]
         assert rec.key is not None
@@ -215,8 +225,8 @@ class Daemon:
         for w in self._waiting:
             slot = self.sched.available(w.key)
             if slot is not None:
-                self._control.send_multipart(
-                    [w.identity, protocol.reply(w.req_id, self.lease(w.identity, slot))])
+                lease = self.lease(w.identity, slot, waited_s=now - w.since)
+                self._control.send_multipart([w.identity, protocol.reply(w.req_id, lease)])
                 continue
             verdict, text = self._policy.judge(w, now, progress,
                                                holds=self.sched.held_by(w.identity))
@@ -255,7 +265,12 @@ class Daemon:
         previous = self.pool.set_target(target)
         if previous != target:
             log.info("scale: %d -> %d workers (%s)", previous, target, reason)
+            self.telemetry.scaled(f"{previous} -> {target} workers: {reason}")
         return previous
+
+    @property
+    def autoscale_range(self) -> str:
+        return self.config.autoscale or ""
 
     # -- stop -----------------------------------------------------------------------
 

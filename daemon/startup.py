@@ -36,6 +36,7 @@ from rich.text import Text
 from vidring.daemon import sampler
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
+from vidring.daemon.metrics import Metrics
 from vidring.daemon.notify import Notifier
 from vidring.daemon.pool import WorkerPool
 from vidring.daemon.probe import ProbeCache, ProbeError, VideoInfo, default_cache_dir
@@ -46,6 +47,7 @@ from vidring.daemon.server import Daemon, Parts
 from vidring.daemon.starting import StopRequested, answer_while
 from vidring.daemon.targets import Targets, targets
 from vidring.daemon.tasks import PlanSettings
+from vidring.daemon.telemetry import Telemetry
 from vidring.loader import protocol
 from vidring.loader.ring import Ring, RingLayout, segment_name
 
@@ -96,6 +98,9 @@ def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Dae
         sched = Scheduler(config.slots, batches, config.batch_size,
                           on_change=_publisher(ring), first_lease_id=secrets.randbits(48))
         work = _bind(ctx, runtime.work_endpoint)
+        stats = _bind(ctx, runtime.stats_endpoint, zmq.PUB)
+        stats.setsockopt(zmq.SNDHWM, 8)  # a watcher that falls behind misses seconds
+        telemetry = Telemetry(config.name, stats, _metrics(config))
         plan = PlanSettings(np.array([i.frames if i else 1 for i in infos], dtype=np.int64),
                             config.seed, config.batch_size, sampling, shard,
                             None if len(rows) == len(manifest) else rows,
@@ -111,7 +116,7 @@ def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Dae
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
         daemon = Daemon(Parts(config, manifest, labels, ring, sched, faults, production, pool,
-                              control, stack.pop_all(), stop, notifier))
+                              control, stack.pop_all(), stop, notifier, telemetry))
     _log_start(config, manifest, labels, layout, batches)
     return daemon
 
@@ -218,8 +223,21 @@ def _rows_to_plan(sampling: sampler.Sampling, manifest: Manifest, windows: np.nd
     return np.array(keep, dtype=np.int64)
 
 
-def _bind(ctx: zmq.Context[Any], endpoint: str) -> zmq.Socket[Any]:
-    sock: zmq.Socket[Any] = ctx.socket(zmq.ROUTER)
+def _metrics(config: ServeConfig) -> Metrics | None:
+    if config.metrics_port is None:
+        return None
+    metrics = Metrics(config.name)
+    try:
+        metrics.serve(config.metrics_port, config.metrics_address)
+    except OSError as exc:
+        raise StartupError(f"metrics on {config.metrics_address}:{config.metrics_port}: "
+                           f"{exc.strerror or exc}") from None
+    log.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
+    return metrics
+
+
+def _bind(ctx: zmq.Context[Any], endpoint: str, kind: int = zmq.ROUTER) -> zmq.Socket[Any]:
+    sock: zmq.Socket[Any] = ctx.socket(kind)
     protocol.configure(sock)
     old_umask = os.umask(0o077)  # the ipc socket file: owner only
     try:

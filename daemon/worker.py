@@ -121,8 +121,9 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
     except Exception as exc:
         error = (f"in decoder worker {identity}, file {printable(path)}: "
                  f"{type(exc).__name__}: {printable(str(exc))}")
-    return protocol.encode(protocol.TaskDone(task_id=task.task_id, error=error,
-                                             retiring=retiring))
+    return protocol.encode(protocol.TaskDone(
+        task_id=task.task_id, error=error, retiring=retiring,
+        stages=[] if error else [round(s, 6) for s in decoder.last_stages]))
 
 
 def _changed(path: str, task: protocol.Task) -> str:

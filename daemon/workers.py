@@ -52,6 +52,8 @@ class Finished:
     job: Job
     error: str
     permanent: bool = False  # the file is gone or changed since it was probed
+    seconds: float = 0.0  # the job's time on its worker
+    stages: tuple[float, ...] = ()  # the worker's own split of it (decode.STAGES)
 
 
 @dataclass(slots=True, eq=False)

@@ -12,6 +12,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
 # The sockets inside a pipeline's folder.
 CONTROL_SOCKET = "control.sock"  # trainers and the CLI
 WORK_SOCKET = "work.sock"  # decoder workers
+STATS_SOCKET = "stats.sock"  # live statistics, published (`vidring top`)
 
 
 def check_name(name: str) -> str:

@@ -185,6 +185,7 @@ class TaskDone(Message, tag="task_done"):
     error: str = ""  # empty: the clip is in its place in the slot
     permanent: bool = False  # the file is gone or changed: retrying cannot help
     retiring: bool = False  # its last: it decoded --worker-max-clips and exits now
+    stages: list[float] = []  # seconds in each of decode.STAGES, for `vidring top`
 
 
 # -- answers ------------------------------------------------------------------------
