@@ -128,6 +128,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """A live view of pipelines: queue depth, rate, trainer waits, workers, stage times."""
+    from vidring.daemon.top import run
+
+    return run(args.name, once=args.once)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Make a synthetic video set, serve it and train a tiny Keras model from it."""
     from vidring.daemon.demo import run_demo
@@ -169,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--timeout", type=float, default=2.0)
     ls.set_defaults(func=cmd_ls)
+
+    top = sub.add_parser("top", help=cmd_top.__doc__, description=cmd_top.__doc__)
+    top.add_argument("name", nargs="?", help="the pipeline shown first (default: all)")
+    top.add_argument("--once", action="store_true",
+                     help="print one frame once statistics arrive, then exit")
+    top.set_defaults(func=cmd_top)
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
     demo.add_argument("--epochs", type=int, default=4)
