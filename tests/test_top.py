@@ -73,7 +73,8 @@ def test_top_shows_the_pipeline_switches_and_quits(daemons: Daemons, manifest: P
         assert "queue" in screen
         assert "workers 2 / 2 wanted" in screen
         assert "ms/clip p50/p95" in screen
-        assert "open" in screen and "preroll" in screen
+        assert "open" in screen
+        assert "preroll" in screen
         # Each frame is drawn from the home position: the newest whole one fits 80 columns.
         frame = [f for f in term.seen.split(b"\x1b[H") if b"trainer wait" in f][-1]
         lines = _ANSI.sub(b"", frame).decode(errors="replace").splitlines()
