@@ -128,6 +128,22 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Probe every video of a dataset and summarise it; exit 1 if any file is bad."""
+    from pathlib import Path
+
+    from vidring.daemon import check
+    from vidring.daemon.config import default_workers, parse_size
+
+    height, width = parse_size(args.size)
+    settings = check.Settings(args.clip_length, args.stride, height, width,
+                              args.workers or default_workers())
+    report = check.check(args.manifest, settings,
+                         Path(args.probe_cache).expanduser() if args.probe_cache else None)
+    print(check.as_json(report) if args.json else check.render(report))
+    return EXIT_ERROR if report["bad"] else EXIT_OK
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     """A live view of pipelines: queue depth, rate, trainer waits, workers, stage times."""
     from vidring.daemon.top import run
@@ -176,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true")
     ls.add_argument("--timeout", type=float, default=2.0)
     ls.set_defaults(func=cmd_ls)
+
+    chk = sub.add_parser("check", help=cmd_check.__doc__, description=cmd_check.__doc__)
+    chk.add_argument("manifest", help="CSV, JSONL or a folder per class")
+    chk.add_argument("--clip-length", type=int, default=16)
+    chk.add_argument("--stride", type=int, default=1)
+    chk.add_argument("--size", default="112x112", help="output HxW of the pipeline")
+    chk.add_argument("--workers", type=int, default=None, help="probe processes")
+    chk.add_argument("--probe-cache", default=None)
+    chk.add_argument("--json", action="store_true", help="one JSON object")
+    chk.set_defaults(func=cmd_check)
 
     top = sub.add_parser("top", help=cmd_top.__doc__, description=cmd_top.__doc__)
     top.add_argument("name", nargs="?", help="the pipeline shown first (default: all)")

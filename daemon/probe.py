@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 6
+CACHE_FORMAT = 7
 
 
 class ProbeError(Exception):
@@ -47,6 +47,7 @@ class VideoInfo:
     rotation: int = 0  # 0, 90, 180 or 270 degrees counter-clockwise that make frames upright
     size: int = 0  # bytes and mtime of the file probed (0: not known)
     mtime_ns: int = 0
+    codec: str = ""
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -109,6 +110,7 @@ def probe(path: str | Path) -> VideoInfo:
                 if rotation is None:
                     rotation = _rotation(packet)
             width, height = stream.codec_context.width, stream.codec_context.height
+            codec = stream.codec_context.name
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
         raise
@@ -131,7 +133,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
     return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0,
-                     st.st_size, st.st_mtime_ns)
+                     st.st_size, st.st_mtime_ns, codec)
 
 
 def _rotation(packet: Any) -> int | None:
@@ -205,7 +207,8 @@ class ProbeCache:
                                            for k in ("pts", "keys", "key_pts", "key_dts"))
             info = VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]),
                              int(data["height"]), float(data["time_base"]),
-                             int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]))
+                             int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]),
+                             str(data["codec"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         finally:
@@ -222,7 +225,8 @@ class ProbeCache:
                 "pts": info.frame_pts.tolist(), "keys": info.keyframe_indices.tolist(),
                 "key_pts": info.keyframe_pts.tolist(), "key_dts": info.keyframe_dts.tolist(),
                 "width": info.width, "height": info.height, "time_base": info.time_base,
-                "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns}))
+                "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns,
+                "codec": info.codec}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

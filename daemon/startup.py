@@ -151,7 +151,7 @@ def _probe_all(config: ServeConfig, manifest: Manifest, faults: FaultLedger,
     started = time.monotonic()
     rows: list[str | Path] = [row.path for row in manifest.rows]
 
-    with _progress_bar(len(rows)) as shown:
+    with progress_bar(len(rows)) as shown:
 
         def probe(progress: Callable[[int], None]) -> list[VideoInfo | str]:
             def tell(done: int) -> None:
@@ -181,7 +181,7 @@ class _Rate(ProgressColumn):
 
 
 @contextlib.contextmanager
-def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
+def progress_bar(total: int) -> Iterator[Callable[[int], None]]:
     """A bar with counts and rate on a terminal's stderr; nothing under systemd or a pipe."""
     columns = (TextColumn("probing"), BarColumn(), MofNCompleteColumn(), _Rate(),
                TimeElapsedColumn())

@@ -1,0 +1,49 @@
+"""`vidring check` on a folder of good and bad files: the summary a person reads, the JSON a
+machine reads, and a non-zero exit when a file is bad."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+from tests.support import cli
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _dataset(video_dir: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    (folder / "walk").mkdir(parents=True)
+    (folder / "jump").mkdir()
+    for i in range(4):
+        shutil.copy(video_dir / f"v{i:02d}.mp4", folder / "walk" / f"w{i}.mp4")
+    shutil.copy(video_dir / "v05.mp4", folder / "jump" / "short.mp4")  # 3 frames
+    (folder / "jump" / "broken.mp4").write_bytes(os.urandom(2048))
+    return folder
+
+
+def test_check_summarises_and_names_bad_files(video_dir: Path, tmp_path: Path) -> None:
+    folder = _dataset(video_dir, tmp_path)
+    args = ["check", str(folder), "--clip-length", "6", "--size", "24x32", "--probe-cache",
+            str(tmp_path / "cache")]
+    done = cli(*args)
+    assert done.returncode == 1, done.stderr  # one bad file
+    out = done.stdout
+    assert "checked 6 videos" in out
+    assert "h264 (5)" in out
+    assert "64x48 (5)" in out
+    assert "30 fps (5)" in out
+    assert "1 shorter than a clip (6 frames)" in out
+    assert "bad files     1" in out
+    assert "broken.mp4: " in out
+    assert "clips/s per core" in out
+    report = json.loads(cli(*args, "--json").stdout)
+    assert report["videos"] == 6
+    assert report["gop_frames"]["max"] == 10
+    assert report["clips_per_s_per_core"] > 0
+    assert [b["path"] for b in report["bad"]] == [str(folder / "jump" / "broken.mp4")]
+    (folder / "jump" / "broken.mp4").unlink()
+    assert cli(*args).returncode == 0
