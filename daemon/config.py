@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vidring.daemon.augment import CROPS, RESIZES, Augment, parse_jitter
+from vidring.daemon.autoscale import parse_range
 from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.daemon.sampler import SAMPLERS, SHORT_POLICIES, Sampling
 from vidring.daemon.targets import LABELS
@@ -167,6 +168,8 @@ class ServeConfig:
                 raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         try:
             self.augment()
+            if self.autoscale is not None:
+                parse_range(self.autoscale)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for name in ("mean", "std"):

@@ -34,8 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import zmq
 
+from vidring.daemon.autoscale import Autoscaler, Meter, parse_range
 from vidring.daemon.clients import Clients
 from vidring.daemon.commands import REGISTRY, BadRequest
 from vidring.daemon.config import ServeConfig
@@ -96,6 +98,11 @@ class Daemon:
         self._control = parts.control
         self._resources = parts.resources
         self._notifier = parts.notifier
+        self._autoscaler: Autoscaler | None = None
+        self._meter: Meter | None = None
+        if parts.config.autoscale:
+            self._autoscaler = Autoscaler(*parse_range(parts.config.autoscale))
+            self._meter = Meter(clock(), _idle_cores)
         self.telemetry = parts.telemetry
         self._clock = clock
         self._policy = WaitPolicy(self.config.exhausted_wait_s, self.config.task_timeout_s)
@@ -140,6 +147,12 @@ class Daemon:
         self._notifier.serving(now, batch_ready=lambda: self.sched.counts().ready > 0,
                                status=self._status_line)
         self.telemetry.tick(now, self)
+        if self._meter is not None and self._autoscaler is not None:
+            slots = self.sched.counts()
+            window = self._meter.tick(now, slots.ready, slots.total)
+            decision = window and self._autoscaler.decide(self.pool.target, window)
+            if decision:
+                self.scale(*decision)
         if now - self._last_client_check > _CLIENT_CHECK_S:
             self._last_client_check = now
             self._expire_clients(now)
@@ -193,6 +206,8 @@ class Daemon:
 
     def lease(self, identity: bytes, slot: int, waited_s: float = 0.0) -> protocol.Lease:
         self.telemetry.trainer_waited(waited_s)
+        if self._meter is not None:
+            self._meter.waited(waited_s)
         lease_id = self.sched.lease(slot, identity)
         rec = self.sched.slots[slot]
         assert rec.key is not None
@@ -285,3 +300,9 @@ class Daemon:
         self._resources.close()
         self._notifier.close()
         log.info("stopped %r", self.config.name)
+
+
+def _idle_cores() -> float:
+    """Cores idle since the last call, over the whole machine (the trainer counts too)."""
+    cores = psutil.cpu_count() or 1
+    return (100.0 - psutil.cpu_percent(interval=None)) / 100.0 * cores
