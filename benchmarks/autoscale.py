@@ -17,11 +17,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corpus import DEFAULT_CORPUS_DIR, make_corpus, write_manifest
 from vidring_daemon import indices_across_epochs, serving
 
-from vidring.loader import ClipDataset
+if TYPE_CHECKING:
+    from vidring.loader import ClipDataset
 
 BATCH_SIZE = 8
 CLIP_LENGTH = 16
