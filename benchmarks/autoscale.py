@@ -74,22 +74,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vidring-autoscale-") as scratch:
         manifest = write_manifest(videos, Path(scratch) / "m.csv", n_rows=len(videos) * 40)
 
-        def run(workers: int, seconds: float, extra: list[str]) -> tuple[list[tuple[float, int]],
-                                                                          list[str]]:
+        def run(workers: int, seconds: float, extra: list[str]) -> list[tuple[float, int]]:
             with serving(manifest, f"bench-autoscale-{os.getpid()}", batch_size=BATCH_SIZE,
                          clip_length=CLIP_LENGTH, width=SIZE, height=SIZE, workers=workers,
                          slots=4, log_path=Path(scratch) / "daemon.log", extra=extra) as ds:
-                marks = train(ds, seconds, args.train_ms / 1000)
-                return marks, []
+                return train(ds, seconds, args.train_ms / 1000)
 
         fixed = {}
         for workers in range(1, args.max_workers + 1):
-            marks, _ = run(workers, args.seconds, [])
+            marks = run(workers, args.seconds, [])
             fixed[workers] = rate(marks, args.seconds - args.measure_s, args.seconds)
             print(f"fixed {workers} workers: {fixed[workers]:.1f} clips/s", flush=True)
         best_workers = max(fixed, key=fixed.__getitem__)
         best = fixed[best_workers]
-        marks, _ = run(1, args.auto_seconds, ["--autoscale", f"1:{args.max_workers + 1}"])
+        marks = run(1, args.auto_seconds, ["--autoscale", f"1:{args.max_workers + 1}"])
         log = (Path(scratch) / "daemon.log").read_text().splitlines()
     print(f"autoscale 1:{args.max_workers + 1}, from 1 worker:")
     for t in range(0, int(args.auto_seconds), 10):

@@ -280,7 +280,7 @@ class Daemon:
         previous = self.pool.set_target(target)
         if previous != target:
             log.info("scale: %d -> %d workers (%s)", previous, target, reason)
-            self.telemetry.scaled(f"{previous} -> {target} workers: {reason}")
+            self.telemetry.scaled(f"{previous} -> {target}: {reason.removeprefix('autoscale: ')}")
         return previous
 
     @property

@@ -168,23 +168,28 @@ def _detail(st: wire.Stats) -> Group:
     for w in st.workers:
         workers.add_row(str(w.worker_id), w.state, str(w.pid or "-"), f"{w.cpu_percent:.0f}",
                         f"{w.rss_mib:.0f}", _short(w.file, 36))
-    stages = Text("ms/clip p50/p95  " + "  ".join(
-        f"{s.stage} {s.p50_ms:.1f}/{s.p95_ms:.1f}" for s in st.stages))
+    stages = Text("ms/clip p50/p95 " + " ".join(
+        f"{s.stage} {s.p50_ms:.1f}/{s.p95_ms:.0f}" for s in st.stages))
     slowest = Text("slowest  " + ("; ".join(f"{_short(f.path, 24)} {f.ms_per_clip:.0f} ms"
                                             for f in st.slowest[:2]) or "-"))
     errors = Text(f"errors {st.errors}  quarantined {st.quarantined}  spilled {st.spilled}")
     rows: list[Any] = [head, queue, wait, workers, stages, slowest, errors]
     rows += [Text(_short(e, _WIDTH - 2), style="red") for e in st.recent_errors]
-    rows += [Text(_short(f"scaled {line}", _WIDTH - 2), style="cyan") for line in st.scaling[-3:]]
+    rows += [Text(_cut(f"scaled {line}", _WIDTH - 2), style="cyan") for line in st.scaling[-3:]]
     return Group(*rows)
 
 
 def _verdict(st: wire.Stats) -> str:
     if not st.waits:
         return "(no trainer)"
-    if st.wait_p95_ms > 50 and st.ready == 0:
+    # Half the batches waited, or the ring is empty and the slow ones wait long.
+    if st.wait_p50_ms > 10 or (st.wait_p95_ms > 50 and st.ready == 0):
         return "the loader is the bottleneck"
-    return "the loader keeps up"  # a wait that is short, or with batches ready
+    return "the loader keeps up"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def _short(text: str, width: int) -> str:
