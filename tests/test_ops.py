@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
+import urllib.request
 from typing import TYPE_CHECKING
 
 from tests.support import Daemons, cli, status, wait_until
 from vidring.daemon.config import default_workers
+from vidring.loader import ClipDataset
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -57,3 +60,37 @@ def test_relative_scaling_and_auto_workers(daemons: Daemons, manifest: Path) -> 
     assert "expected N, +K or -K" in bad.stderr
     auto = daemons.start(manifest, slots=2, extra=["--workers", "auto"])
     assert status(auto).workers.target == max(1, default_workers() - 1)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_prometheus_metrics_from_a_real_daemon(daemons: Daemons, manifest: Path) -> None:
+    port = _free_port()
+    name = daemons.start(manifest, workers=2, slots=2, extra=["--metrics-port", str(port)])
+    with ClipDataset(name) as ds:
+        for i in range(len(ds)):
+            ds[i]
+
+    def scrape() -> dict[str, float]:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        values = {}
+        for line in body.decode().splitlines():
+            if line.startswith("vidring_") and f'pipeline="{name}"' in line:
+                key, value = line.rsplit(" ", 1)
+                values[key.split("{")[0] + key.split("}")[-1]] = float(value)
+        return values
+
+    metrics = wait_until(lambda: (m := scrape()).get("vidring_clips_total", 0) >= 16 and m, 10,
+                         "16 clips counted")
+    assert metrics["vidring_trainer_wait_seconds_count"] >= 4
+    assert metrics["vidring_decode_seconds_count"] >= 16
+    assert metrics["vidring_workers"] == 2
+    assert metrics["vidring_slots"] == 2
+    assert metrics["vidring_errors_total"] == 0
+    assert "vidring_queue_depth" in metrics
+    assert "vidring_spills_total" in metrics
+    assert "vidring_worker_restarts_total" in metrics

@@ -127,7 +127,7 @@ def test_workers_start_become_idle_and_take_tasks() -> None:
     assert worker.state == WorkerState.BUSY
     assert h.pool.counts().busy == 1
     done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
-    assert done == Finished(task, "")
+    assert (done.job, done.error) == (task, "")
     assert worker.state == WorkerState.IDLE
 
 
@@ -224,7 +224,7 @@ def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
     assert worker.state == WorkerState.STOPPING
     assert h.socket.stops_to(worker.identity) == 0
     done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
-    assert done == Finished(task, "")
+    assert (done.job, done.error) == (task, "")
     assert h.socket.stops_to(worker.identity) == 1
 
 
@@ -433,7 +433,7 @@ def test_a_worker_that_retires_is_replaced_without_counting_a_failure() -> None:
     worker, job = h.busy_worker(5)
     done = h.pool.handle(worker.identity, protocol.encode(
         protocol.TaskDone(task_id=5, retiring=True)))
-    assert done == Finished(job, "")
+    assert (done.job, done.error) == (job, "")
     assert worker.state == WorkerState.STOPPING
     assert h.pool.idle() == []  # never given another task
     h.procs[0].returncode = 0  # it exits by itself
