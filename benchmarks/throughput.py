@@ -6,6 +6,7 @@ Corpus: 640x360 H.264, 10 s at 30 fps, GOP 250 (benchmarks/corpus.py, cached). B
   keras-mp        the same PyDataset through Keras's enqueuer, multiprocessing, N workers
   pyav-straight   a straightforward single-process PyAV reader
   vidring         the vidring daemon with N decoder workers, read through ClipDataset
+  vidring-cuda    the same, decoding on the GPU (--decode cuda; `--preset gpu`)
   vidring-augment the same with a video model's preprocessing: short side 128, a random
                   112x112 crop, random flips, float32 normalised by mean and std
                   (`--preset augment` runs it beside plain vidring: the cost of augmenting)
@@ -47,10 +48,11 @@ if TYPE_CHECKING:
 BATCH_SIZE = 8
 CLIP_LENGTH = 16
 WIDTH = HEIGHT = 112
-LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring", "vidring-augment")
+LOADERS = ("naive-opencv", "keras-mp", "pyav-straight", "vidring", "vidring-augment",
+           "vidring-cuda")
 AUGMENT = ["--resize", "short_side", "--short-side", "128", "--crop", "random", "--flip",
            "--dtype", "float32", "--mean", "0.45,0.45,0.45", "--std", "0.225,0.225,0.225"]
-PRESETS = {"augment": "vidring,vidring-augment"}
+PRESETS = {"augment": "vidring,vidring-augment", "gpu": "vidring,vidring-cuda"}
 VIDRING_SLOTS = 8
 # Draining more batches than the ring holds leaves it empty, so vidring's timed window sees
 # only batches decoded inside it, not ones prefetched while the benchmark connected.
@@ -277,6 +279,9 @@ def main() -> None:
         "vidring-augment": lambda: run_vidring(videos, n_rows, n_batches, args.workers,
                                                args.seed, sampling, loader="vidring-augment",
                                                extra=AUGMENT),
+        "vidring-cuda": lambda: run_vidring(videos, n_rows, n_batches, args.workers, args.seed,
+                                            sampling, loader="vidring-cuda",
+                                            extra=["--decode", "cuda"]),
     }
     # A preset compares two loaders: they run A B B A, so a drift of the machine's speed
     # during the run falls on both alike; each row sums its two runs.

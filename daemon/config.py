@@ -112,6 +112,9 @@ class ServeConfig:
     autoscale: str | None = field(default=None, metadata=_flag(
         "MIN:MAX: grow the workers while the trainer waits and cores are idle, shrink them "
         "while batches sit ready (starts at --workers)"))
+    decode: str = field(default="cpu", metadata=_flag(
+        "where videos are decoded: cpu (default), or cuda (NVDEC through FFmpeg's hwaccel; "
+        "the CPU where no GPU can)", choices=["cpu", "cuda"]))
     resize: str = field(default="stretch", metadata=_flag(
         "stretch (default: the whole frame to HxW) or short_side (scale, then crop HxW)",
         choices=list(RESIZES)))

@@ -19,12 +19,14 @@ keyframe dominates, so
 from __future__ import annotations
 
 import collections
+import io
 import itertools
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import av
 import numpy as np
+from av.codec.hwaccel import HWAccel, hwdevices_available
 
 from vidring.daemon.frames import DEFAULT_INTERPOLATION, FrameWriter
 
@@ -51,8 +53,35 @@ NONREF_CODECS = frozenset({"h264", "hevc", "mpeg1video", "mpeg2video", "mpeg4", 
 UNSEEKABLE_FORMATS = frozenset({"mpeg", "mpegvideo", "m4v", "h264", "hevc"})
 
 
-def _open(path: str) -> tuple[Any, Any]:
-    container = av.open(path)
+DECODERS = ("cpu", "cuda")
+
+
+def cuda_unavailable() -> str:
+    """Why `--decode cuda` cannot decode here ('' if it can): a tiny H.264 video, made in
+    memory, is decoded on the GPU through FFmpeg's CUDA hwaccel (NVDEC)."""
+    if "cuda" not in hwdevices_available():
+        return "this FFmpeg has no CUDA hwaccel"
+    buffer = io.BytesIO()
+    try:
+        with av.open(buffer, "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=30)
+            stream.width = stream.height = 64
+            stream.pix_fmt = "yuv420p"
+            black = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            for packet in [*stream.encode(black), *stream.encode()]:
+                out.mux(packet)
+        buffer.seek(0)
+        with av.open(buffer, "r", hwaccel=HWAccel("cuda", allow_software_fallback=False)) as src:
+            next(iter(src.decode(video=0)))
+    except (av.FFmpegError, OSError, StopIteration) as exc:
+        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    return ""
+
+
+def _open(path: str, decode: str = "cpu") -> tuple[Any, Any]:
+    # NVDEC decodes; frames come back to system memory (NV12) for the CPU's crop and resize.
+    hwaccel = HWAccel("cuda", allow_software_fallback=True) if decode == "cuda" else None
+    container = av.open(path, hwaccel=hwaccel)
     if not container.streams.video:
         container.close()
         raise DecodeError(f"{path}: no video stream")
@@ -81,9 +110,12 @@ class ClipDecoder:
 
     def __init__(self, height: int, width: int, *, interpolation: str = DEFAULT_INTERPOLATION,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 max_open: int = MAX_OPEN_CONTAINERS) -> None:
+                 max_open: int = MAX_OPEN_CONTAINERS, decode: str = "cpu") -> None:
+        if decode not in DECODERS:
+            raise ValueError(f"decode: must be one of {', '.join(DECODERS)}, got {decode!r}")
         self.height = height
         self.width = width
+        self.decode = decode
         self._writer = FrameWriter(height, width, interpolation=interpolation, mean=mean,
                                    std=std)
         self._open: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
@@ -102,7 +134,7 @@ class ClipDecoder:
         if entry is not None:
             self._open.move_to_end(path)
             return entry
-        entry = _open(path)
+        entry = _open(path, self.decode)
         self._open[path] = entry
         while len(self._open) > self._max_open:
             _, (old, _) = self._open.popitem(last=False)

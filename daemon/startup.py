@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.text import Text
 
 from vidring.daemon import sampler
+from vidring.daemon.decode import cuda_unavailable
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.metrics import Metrics
@@ -111,8 +112,9 @@ def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Dae
                             None if sampling.fps is None else tuple(
                                 i.seconds() if i else np.zeros(1) for i in infos))
         production = Production(plan, config.augment(), paths, infos, labels, ring, faults)
+        decode = decoder_to_use(config)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id,
-                                               config),
+                                               config, decode),
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
         daemon = Daemon(Parts(config, manifest, labels, ring, sched, faults, production, pool,
@@ -247,13 +249,25 @@ def _bind(ctx: zmq.Context[Any], endpoint: str, kind: int = zmq.ROUTER) -> zmq.S
     return sock
 
 
-def python_starter(endpoint: str, segment: str, ring_id: int, config: ServeConfig) -> Starter:
+def decoder_to_use(config: ServeConfig) -> str:
+    """`--decode cuda` where a GPU decodes; the CPU, said once in the log, where none can."""
+    if config.decode != "cuda":
+        return "cpu"
+    why = cuda_unavailable()
+    if why:
+        log.warning("--decode cuda: %s; decoding on the CPU", why)
+        return "cpu"
+    return "cuda"
+
+
+def python_starter(endpoint: str, segment: str, ring_id: int, config: ServeConfig,
+                   decode: str = "cpu") -> Starter:
     """Workers as `python -m vidring.daemon.worker`, under the daemon's interpreter or
     VIDRING_WORKER_PYTHON's (a wrapper that pins cores or sets a nice level, say)."""
     python = os.environ.get("VIDRING_WORKER_PYTHON") or sys.executable
     parent = str(os.getpid())
     pixels = ["--interpolation", config.interpolation, "--max-clips",
-              str(config.worker_max_clips)]
+              str(config.worker_max_clips), "--decode", decode]
     for name in ("mean", "std"):
         values = getattr(config, name)
         if values is not None:

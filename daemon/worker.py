@@ -50,7 +50,7 @@ def _die_with_parent() -> None:
 
 def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: int, *,
         interpolation: str = DEFAULT_INTERPOLATION, mean: list[float] | None = None,
-        std: list[float] | None = None, max_clips: int = 0) -> int:
+        std: list[float] | None = None, max_clips: int = 0, decode: str = "cpu") -> int:
     _die_with_parent()
     # Ctrl-C or a closed terminal reaches the whole process group; the daemon
     # decides when workers stop.
@@ -64,7 +64,8 @@ def run(endpoint: str, segment: str, ring_id: int, identity: str, parent_pid: in
         ring.close()
         return 1
     lay = ring.layout
-    decoder = ClipDecoder(lay.height, lay.width, interpolation=interpolation, mean=mean, std=std)
+    decoder = ClipDecoder(lay.height, lay.width, interpolation=interpolation, mean=mean, std=std,
+                          decode=decode)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     protocol.configure(sock)
@@ -152,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mean", type=_floats)
     parser.add_argument("--std", type=_floats)
     parser.add_argument("--max-clips", type=int, default=0)
+    parser.add_argument("--decode", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args(argv)
     return run(args.endpoint, args.segment, args.ring_id, args.identity, args.parent_pid,
                interpolation=args.interpolation, mean=args.mean, std=args.std,
-               max_clips=args.max_clips)
+               max_clips=args.max_clips, decode=args.decode)
 
 
 def _floats(text: str) -> list[float]:
