@@ -78,9 +78,8 @@ def cuda_unavailable() -> str:
     return ""
 
 
-def _open(path: str, decode: str = "cpu") -> tuple[Any, Any]:
-    # NVDEC decodes; frames come back to system memory (NV12) for the CPU's crop and resize.
-    hwaccel = HWAccel("cuda", allow_software_fallback=True) if decode == "cuda" else None
+def _open(path: str, hwaccel: HWAccel | None = None) -> tuple[Any, Any]:
+    # With NVDEC, frames come back to system memory (NV12) for the CPU's crop and resize.
     container = av.open(path, hwaccel=hwaccel)
     if not container.streams.video:
         container.close()
@@ -116,6 +115,8 @@ class ClipDecoder:
         self.height = height
         self.width = width
         self.decode = decode
+        # One for every file this decoder opens, so they can share its device.
+        self._hwaccel = HWAccel("cuda", allow_software_fallback=True) if decode == "cuda" else None
         self._writer = FrameWriter(height, width, interpolation=interpolation, mean=mean,
                                    std=std)
         self._open: collections.OrderedDict[str, tuple[Any, Any]] = collections.OrderedDict()
@@ -134,7 +135,7 @@ class ClipDecoder:
         if entry is not None:
             self._open.move_to_end(path)
             return entry
-        entry = _open(path, self.decode)
+        entry = _open(path, self._hwaccel)
         self._open[path] = entry
         while len(self._open) > self._max_open:
             _, (old, _) = self._open.popitem(last=False)
