@@ -144,6 +144,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_ERROR if report["bad"] else EXIT_OK
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Re-encode a dataset once into a training copy (short GOP, training size); resumable."""
+    from vidring.daemon import prepare
+    from vidring.daemon.config import default_workers
+
+    recipe = prepare.Recipe(args.short_side, args.gop, args.crf)
+    report = prepare.prepare(args.manifest, args.out, recipe,
+                             processes=args.workers or default_workers())
+    print(json.dumps(report, indent=2) if args.json else prepare.render(report))
+    return EXIT_ERROR if report["failed"] else EXIT_OK
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     """A live view of pipelines: queue depth, rate, trainer waits, workers, stage times."""
     from vidring.daemon.top import run
@@ -202,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--probe-cache", default=None)
     chk.add_argument("--json", action="store_true", help="one JSON object")
     chk.set_defaults(func=cmd_check)
+
+    prep = sub.add_parser("prepare", help=cmd_prepare.__doc__, description=cmd_prepare.__doc__)
+    prep.add_argument("manifest", help="CSV, JSONL or a folder per class")
+    prep.add_argument("--out", required=True, help="folder for the copies and their manifest")
+    prep.add_argument("--short-side", type=int, default=160,
+                      help="short side of the copies in pixels (default 160: room to crop 112)")
+    prep.add_argument("--gop", type=int, default=16, help="frames between keyframes (16)")
+    prep.add_argument("--crf", type=int, default=20, help="libx264 quality, lower is better")
+    prep.add_argument("--workers", type=int, default=None, help="encoding processes")
+    prep.add_argument("--json", action="store_true", help="the report as one JSON object")
+    prep.set_defaults(func=cmd_prepare)
 
     top = sub.add_parser("top", help=cmd_top.__doc__, description=cmd_top.__doc__)
     top.add_argument("name", nargs="?", help="the pipeline shown first (default: all)")
