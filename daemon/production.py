@@ -60,7 +60,7 @@ class Production:
     def dispatch(self, pool: WorkerPool) -> None:
         """Hand queued clips to the pool's idle workers; clips of one video in one slot
         that a single forward pass reaches go to one worker together."""
-        for worker in pool.idle():
+        for worker in pool.takers():
             task = self.tasks.pop()
             if task is None:
                 return
@@ -102,6 +102,9 @@ class Production:
 
     def finished(self, result: Finished) -> list[tuple[int, int]]:
         """Record a job's outcome; returns the (slot, position) of each clip now in place."""
+        if result.requeue:
+            self.tasks.requeue(result.job.tasks)
+            return []
         if result.error:
             self.tasks.job_failed(result.job.tasks, result.error, permanent=result.permanent)
             return []

@@ -136,6 +136,11 @@ class TaskQueue:
         self._queue = collections.deque(t for t in self._queue if id(t) not in taken)
         return joined
 
+    def requeue(self, tasks: Sequence[Task]) -> None:
+        """Tasks handed back unstarted (their worker went away): first in line again."""
+        for task in reversed(tasks):
+            self._put(task, front=True)
+
     def failed(self, task: Task, reason: str) -> None:
         self.job_failed((task,), reason)
 

@@ -54,6 +54,7 @@ class Finished:
     permanent: bool = False  # the file is gone or changed since it was probed
     seconds: float = 0.0  # the job's time on its worker
     stages: tuple[float, ...] = ()  # the worker's own split of it (decode.STAGES)
+    requeue: bool = False  # never started (queued behind a job that failed): not a failure
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +67,7 @@ class Worker:
     failed_starts: int = 0  # in a row; reset when one becomes ready
     start_failed: bool = False  # STOPPING: killed for not becoming ready
     task: Job | None = None  # the job it decodes
+    queued: Job | None = None  # the next one, already sent: it starts without a round trip
     task_started: float = 0.0
     heard_at: float = 0.0  # its last message
     pinged_at: float = 0.0

@@ -126,7 +126,7 @@ def test_workers_start_become_idle_and_take_tasks() -> None:
     h.pool.assign(worker, task, _payload(task))
     assert worker.state == WorkerState.BUSY
     assert h.pool.counts().busy == 1
-    done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    (done,) = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
     assert (done.job, done.error) == (task, "")
     assert worker.state == WorkerState.IDLE
 
@@ -223,7 +223,7 @@ def test_a_busy_worker_scaled_down_finishes_its_clip_first() -> None:
     h.tick(5)
     assert worker.state == WorkerState.STOPPING
     assert h.socket.stops_to(worker.identity) == 0
-    done = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    (done,) = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
     assert (done.job, done.error) == (task, "")
     assert h.socket.stops_to(worker.identity) == 1
 
@@ -374,7 +374,7 @@ def test_a_bad_or_deep_message_on_the_work_socket_changes_nothing() -> None:
     h.tick()
     worker = h.pool.workers()[0]
     for junk in (b"[" * 5000, b"{}", b'{"v": 2, "type": "task_done", "task_id": "x"}'):
-        assert h.pool.handle(worker.identity, junk) is None
+        assert h.pool.handle(worker.identity, junk) == []
     assert worker.state == WorkerState.STARTING
 
 
@@ -431,7 +431,7 @@ def test_slow_decodes_raise_the_deadline_up_to_the_task_timeout() -> None:
 def test_a_worker_that_retires_is_replaced_without_counting_a_failure() -> None:
     h = Harness(1)
     worker, job = h.busy_worker(5)
-    done = h.pool.handle(worker.identity, protocol.encode(
+    (done,) = h.pool.handle(worker.identity, protocol.encode(
         protocol.TaskDone(task_id=5, retiring=True)))
     assert (done.job, done.error) == (job, "")
     assert worker.state == WorkerState.STOPPING
@@ -441,3 +441,42 @@ def test_a_worker_that_retires_is_replaced_without_counting_a_failure() -> None:
     assert worker.state == WorkerState.STARTING
     counts = h.pool.counts()
     assert (counts.recycled, counts.restarts) == (1, 0)
+
+
+def test_a_busy_worker_gets_its_next_job_queued_and_starts_it_at_once() -> None:
+    h = Harness(1)
+    worker, first = h.busy_worker(1)
+    assert h.pool.takers() == [worker]  # busy, but with nothing queued
+    second = _task(2)
+    h.pool.assign(worker, second, _payload(second))
+    assert h.pool.takers() == []
+    h.clock.now += 1.0
+    (done,) = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
+    assert done.job == first
+    assert worker.state == WorkerState.BUSY  # on with the queued one, no round trip
+    assert (worker.task, worker.queued, worker.task_started) == (second, None, 1.0)
+    (done,) = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=2)))
+    assert done.job == second
+    assert worker.state == WorkerState.IDLE
+
+
+@pytest.mark.parametrize("fault", ["dies", "stalls", "retires"])
+def test_a_queued_job_comes_back_unstarted_when_its_worker_goes(fault: str) -> None:
+    h = Harness(1)
+    worker, first = h.busy_worker(1)
+    second = _task(2)
+    h.pool.assign(worker, second, _payload(second))
+    if fault == "dies":
+        h.procs[0].returncode = -9
+        results = h.tick(0.1)
+    elif fault == "stalls":
+        results = h.tick(h.pool.decode_times.stall_timeout_s(1) + 1)
+    else:
+        results = h.pool.handle(worker.identity, protocol.encode(
+            protocol.TaskDone(task_id=1, retiring=True)))
+    by_job = {r.job.task_id: r for r in results}
+    assert by_job[2].requeue
+    assert by_job[2].error == ""  # never started: not a failure of its video
+    assert (by_job[1].error != "") == (fault != "retires")
+    assert worker.task is None
+    assert worker.queued is None
