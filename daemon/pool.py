@@ -136,7 +136,8 @@ class WorkerPool:
             worker.task = task
             worker.task_started = self._clock()
         else:
-            assert worker.state == WorkerState.BUSY and worker.queued is None, worker
+            assert worker.state == WorkerState.BUSY, worker
+            assert worker.queued is None, worker
             worker.queued = task
 
     # -- messages from workers ----------------------------------------------------------
