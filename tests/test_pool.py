@@ -463,7 +463,7 @@ def test_a_busy_worker_gets_its_next_job_queued_and_starts_it_at_once() -> None:
 @pytest.mark.parametrize("fault", ["dies", "stalls", "retires"])
 def test_a_queued_job_comes_back_unstarted_when_its_worker_goes(fault: str) -> None:
     h = Harness(1)
-    worker, first = h.busy_worker(1)
+    worker, _ = h.busy_worker(1)
     second = _task(2)
     h.pool.assign(worker, second, _payload(second))
     if fault == "dies":

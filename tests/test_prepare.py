@@ -60,7 +60,11 @@ def test_prepare_writes_short_gop_copies_and_their_manifest(video_dir: Path,
 
 
 def test_a_killed_prepare_resumes(video_dir: Path, tmp_path: Path) -> None:
-    manifest = _dataset(video_dir, tmp_path, n=8)
+    manifest = _dataset(video_dir, tmp_path, n=6)
+    stuck = manifest.parent / "c2.mp4"
+    good = stuck.read_bytes()
+    stuck.unlink()
+    os.mkfifo(stuck)  # the third file blocks its encoder: the run is killed there
     out = tmp_path / "out"
     args = [sys.executable, "-m", "vidring.daemon.cli", "prepare", str(manifest), "--out",
             str(out), "--short-side", "32", "--gop", "4", "--workers", "1"]
@@ -71,11 +75,13 @@ def test_a_killed_prepare_resumes(video_dir: Path, tmp_path: Path) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    finished = len(list(out.glob("*.mp4")))
-    assert finished < 8
+    assert sorted(p.name for p in out.glob("*.mp4")) == ["c0.mp4", "c1.mp4"]
+    stuck.unlink()
+    stuck.write_bytes(good)
     done = cli(*args[3:], timeout_s=120)
     assert done.returncode == 0, done.stderr
-    assert f"{finished} already done" in done.stdout
-    assert len(list(out.glob("*.mp4"))) == 8
-    assert not list(out.glob("*.partial"))  # the interrupted one was written again
-    assert len(load_manifest(out / "manifest.csv").rows) == 8
+    assert "prepared 4 videos" in done.stdout
+    assert "2 already done" in done.stdout
+    assert len(list(out.glob("*.mp4"))) == 6
+    assert not list(out.glob("*.partial"))
+    assert len(load_manifest(out / "manifest.csv").rows) == 6
