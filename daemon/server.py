@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("vidring.daemon")
 
 _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
+# With nothing in flight (no clip decoding or queued, no request waiting) the loop wakes
+# this often instead: an idle daemon costs next to no CPU, and every message still wakes
+# it at once (the poll returns on any socket event).
+_IDLE_TICK_S = 0.25
 _CLIENT_CHECK_S = 1.0
 
 
@@ -123,7 +127,7 @@ class Daemon:
         poller.register(self.pool.socket, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(int(_TICK_S * 1000)))
+                events = dict(poller.poll(int(self._tick_s() * 1000)))
                 if self._control in events:
                     self._receive_control()
                 if self.pool.socket in events:
@@ -131,6 +135,14 @@ class Daemon:
                 self._tick()
         finally:
             self.close()
+
+    def _tick_s(self) -> float:
+        workers = self.pool.counts()
+        if (self._waiting or len(self.production.tasks) or workers.busy or workers.starting
+                or workers.stopping):
+            return _TICK_S
+        watchdog_s = self._notifier.watchdog_every_s
+        return _IDLE_TICK_S if watchdog_s is None else min(_IDLE_TICK_S, watchdog_s / 2)
 
     def _receive_control(self) -> None:
         for _ in range(DRAIN_LIMIT):
