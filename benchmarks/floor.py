@@ -1,0 +1,98 @@
+"""How close vidring comes to the decode floor: CPU per clip against the floor, clips/s
+against the exact-access ceiling, same clips, same FFmpeg.
+
+- floor: the least work that gives an exact random clip, in one process: open once per
+  file, seek to the keyframe, decode from it with non-reference frames skipped, and
+  nothing else (no colour conversion, resize or copy);
+- decoder: vidring's ClipDecoder on the same clips, in one process (the floor plus the
+  conversion, resize and write of the kept frames);
+- vidring: the daemon with --workers workers, read through ClipDataset (everything:
+  IPC, scheduling, the trainer's side), CPU of the whole process tree;
+- ceiling: the clips/s --workers cores would give at the floor's CPU per clip.
+
+    python benchmarks/floor.py [--size 640x360] [--gop 250] [--clips 320] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from corpus import DEFAULT_CORPUS_DIR, make_corpus
+from throughput import (
+    BATCH_SIZE,
+    CLIP_LENGTH,
+    HEIGHT,
+    VIDRING_WARMUP_BATCHES,
+    WIDTH,
+    run_vidring,
+    vidring_plan,
+)
+
+from vidring.daemon import sampler
+from vidring.daemon.decode import ClipDecoder
+from vidring.daemon.probe import probe
+
+
+class FloorDecoder(ClipDecoder):
+    """ClipDecoder's decode path, frames decoded and dropped: the floor, by construction
+    with the same seeks, skips and drains."""
+
+    def _write(self, frame: Any, out: Any, positions: list[int]) -> None:
+        pass
+
+
+def _cpu_per_clip(decoder: ClipDecoder, clips: list[tuple[str, int]], infos: dict[str, Any]
+                  ) -> float:
+    out = np.empty((CLIP_LENGTH, HEIGHT, WIDTH, 3), np.uint8)
+    path, start = clips[0]
+    decoder.decode_into(path, *infos[path].seek_target(start),
+                        [int(p) for p in infos[path].frame_pts[start:start + CLIP_LENGTH]], out)
+    began = time.process_time()
+    for path, start in clips:
+        info = infos[path]
+        frames = [min(start + t, info.frames - 1) for t in range(CLIP_LENGTH)]
+        decoder.decode_into(path, *info.seek_target(start),
+                            [int(info.frame_pts[f]) for f in frames], out)
+    return (time.process_time() - began) / len(clips)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="640x360", help="corpus WxH")
+    parser.add_argument("--gop", type=int, default=250)
+    parser.add_argument("--videos", type=int, default=12)
+    parser.add_argument("--clips", type=int, default=320)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    args = parser.parse_args()
+    width, height = (int(v) for v in args.size.split("x"))
+    videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, width=width,
+                                          height=height, gop=args.gop)]
+    n_batches = -(-args.clips // BATCH_SIZE)
+    n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
+    sampling = sampler.Sampling(CLIP_LENGTH)
+    batches = vidring_plan(videos, n_rows, 0, range(VIDRING_WARMUP_BATCHES,
+                                                     VIDRING_WARMUP_BATCHES + n_batches),
+                           sampling)
+    clips = [clip for batch in batches for clip in batch]
+    infos = {path: probe(path) for path in videos}
+    floor_s = _cpu_per_clip(FloorDecoder(HEIGHT, WIDTH), clips, infos)
+    decoder_s = _cpu_per_clip(ClipDecoder(HEIGHT, WIDTH), clips, infos)
+    served = run_vidring(videos, n_rows, n_batches, args.workers, 0, sampling)
+    ceiling = args.workers / floor_s
+    print(f"corpus {args.size} GOP {args.gop}, {len(clips)} random clips of {CLIP_LENGTH} "
+          f"frames at {HEIGHT}x{WIDTH}; {args.workers} workers on {os.cpu_count()} cores")
+    print(f"floor     {floor_s * 1e3:6.1f} ms CPU/clip")
+    print(f"decoder   {decoder_s * 1e3:6.1f} ms CPU/clip  ({decoder_s / floor_s:.2f}x floor)")
+    print(f"vidring   {served.cpu_s_per_clip * 1e3:6.1f} ms CPU/clip  "
+          f"({served.cpu_s_per_clip / floor_s:.2f}x floor), {served.clips_per_s:.1f} clips/s "
+          f"= {served.clips_per_s / ceiling:.0%} of the {ceiling:.1f} clips/s ceiling")
+
+
+if __name__ == "__main__":
+    main()
