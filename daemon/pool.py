@@ -62,6 +62,7 @@ START_TIMEOUT_S = 60.0
 # After the n-th failed start in a row, wait RESPAWN_BACKOFF_S * 2**(n-1) before the next.
 RESPAWN_BACKOFF_S = 1.0
 MAX_FAILED_STARTS = 5
+_IN_FLIGHT = frozenset({WorkerState.BUSY, WorkerState.STARTING, WorkerState.STOPPING})
 # Messages handled per socket per turn of the loop, so a flood on one cannot starve the other.
 DRAIN_LIMIT = 1000
 
@@ -92,6 +93,10 @@ class WorkerPool:
 
     def idle(self) -> list[Worker]:
         return [w for w in self._workers.values() if w.state == WorkerState.IDLE]
+
+    def in_flight(self) -> bool:
+        """Whether any worker decodes, starts or stops (the loop then ticks fast)."""
+        return any(w.state in _IN_FLIGHT for w in self._workers.values())
 
     def alive(self) -> int:
         return sum(w.proc is not None for w in self._workers.values())

@@ -94,11 +94,15 @@ class Production:
         return self._paths[task.choice.video_index]
 
     def _look(self, task: Task, info: VideoInfo) -> Look:
-        """The clip's crop and flip: a pure function of the plan, like its frames."""
+        """The clip's crop and flip: a pure function of the plan, like its frames (drawn
+        once per task and choice: a stand-in gets its own)."""
         choice = task.choice
-        epoch = 0 if self._plan.sampling.evaluates else task.key[0]
-        return place(self._augment, info.upright_size, seed=self._plan.seed, epoch=epoch,
-                     sample=choice.sample_index, attempt=choice.attempt)
+        if task.look is None or task.look_of is not choice:
+            epoch = 0 if self._plan.sampling.evaluates else task.key[0]
+            task.look = place(self._augment, info.upright_size, seed=self._plan.seed,
+                              epoch=epoch, sample=choice.sample_index, attempt=choice.attempt)
+            task.look_of = choice
+        return task.look
 
     def finished(self, result: Finished) -> list[tuple[int, int]]:
         """Record a job's outcome; returns the (slot, position) of each clip now in place."""

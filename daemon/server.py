@@ -137,9 +137,7 @@ class Daemon:
             self.close()
 
     def _tick_s(self) -> float:
-        workers = self.pool.counts()
-        if (self._waiting or len(self.production.tasks) or workers.busy or workers.starting
-                or workers.stopping):
+        if self._waiting or len(self.production.tasks) or self.pool.in_flight():
             return _TICK_S
         watchdog_s = self._notifier.watchdog_every_s
         return _IDLE_TICK_S if watchdog_s is None else min(_IDLE_TICK_S, watchdog_s / 2)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vidring.daemon import sampler
+from vidring.daemon.augment import Look
 from vidring.daemon.schedule import Key
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class Task:
     position: int
     key: Key
     choice: sampler.ClipChoice
+    look: Look | None = None  # its crop and flip, once production has drawn them
+    look_of: sampler.ClipChoice | None = None  # the choice `look` was drawn for
 
 
 @dataclass(frozen=True, slots=True)

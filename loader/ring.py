@@ -18,6 +18,7 @@ would pull the ring from under the daemon when a trainer exits.
 from __future__ import annotations
 
 import enum
+import functools
 import mmap
 import os
 import stat
@@ -42,6 +43,7 @@ DTYPES = {"uint8": 0, "float32": 1, "float16": 2}
 DTYPE_NAMES = {code: name for name, code in DTYPES.items()}
 
 
+@functools.lru_cache(maxsize=8)
 def provenance_dtype(clip_length: int) -> np.dtype:
     """Per-sample provenance: where each clip of a batch came from and how it was cut."""
     return np.dtype([
