@@ -117,8 +117,13 @@ def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Dae
                                                config, decode),
                           config.workers, task_timeout_s=config.task_timeout_s)
         stack.callback(pool.shutdown)
+        resources = stack.pop_all()  # the daemon's from here: NOTE [ shutdown ] closes it
+    try:
         daemon = Daemon(Parts(config, manifest, labels, ring, sched, faults, production, pool,
-                              control, stack.pop_all(), stop, notifier, telemetry))
+                              control, resources, stop, notifier, telemetry))
+    except BaseException:
+        resources.close()  # a daemon that could not be made leaves nothing behind either
+        raise
     _log_start(config, manifest, labels, layout, batches)
     return daemon
 
