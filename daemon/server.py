@@ -173,7 +173,7 @@ class Daemon:
 
     def _finish(self, results: list[Finished]) -> None:
         for result in results:
-            if not result.error:
+            if not result.error and not result.requeue:
                 self.telemetry.clip_done(self.production.path_of(result.job.tasks[0]),
                                          result.seconds, len(result.job.tasks),
                                          list(result.stages))
