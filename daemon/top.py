@@ -44,7 +44,9 @@ class Watch:
         self.latest: dict[str, wire.Stats] = {}
 
     def refresh_names(self) -> list[str]:
-        names = [n for n in paths.list_pipelines() if paths.daemon_running(n)]
+        # Only this user's own pipelines, as a trainer would trust them (paths.distrust).
+        names = [n for n in paths.list_pipelines() if paths.daemon_running(n)
+                 and not paths.distrust(paths.runtime_dir(n), folder=True)]
         for name in names:
             if name not in self._subs:
                 sock = self._ctx.socket(zmq.SUB)
