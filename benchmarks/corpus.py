@@ -87,13 +87,16 @@ def _encode_video(path: Path, width: int, height: int, n_frames: int, fps: int, 
     with av.open(str(path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.gop_size = gop
-        # libx264 ignores unknown top-level options such as "keyint"; they must go through
-        # x264-params. preset veryfast keeps bframes=3; scenecut=0 pins keyframes to the GOP.
-        stream.options = {
-            "preset": "veryfast",
-            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
-        }
+        if gop:
+            stream.gop_size = gop
+            # libx264 ignores unknown top-level options such as "keyint"; they must go through
+            # x264-params. preset veryfast keeps bframes=3; scenecut=0 pins keyframes to the GOP.
+            stream.options = {
+                "preset": "veryfast",
+                "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+            }
+        # gop 0: libx264's own defaults (preset medium, keyint 250 with scene cuts, B-frames
+        # as references in a pyramid), as most videos found in the wild are made.
         for frame_index, yuv in enumerate(_synthetic_frames(width, height, n_frames, rng)):
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = frame_index
