@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import mmap
 import os
 import stat
@@ -153,7 +154,7 @@ class RingLayout:
 
     @property
     def w_offset(self) -> int:
-        y_bytes = self.y_dtype.itemsize * int(np.prod(self.y_shape))
+        y_bytes = self.y_dtype.itemsize * math.prod(self.y_shape)
         return _align(self.y_offset + y_bytes, ALIGN_BYTES)
 
     @property
@@ -199,10 +200,10 @@ class SlotViews:
 def views_of(buffer: mmap.mmap | memoryview, base_offset: int, layout: RingLayout) -> SlotViews:
     """x, y and provenance arrays over `buffer` starting at `base_offset` (no copy)."""
     x = np.frombuffer(
-        buffer, dtype=layout.np_dtype, count=int(np.prod(layout.x_shape)),
+        buffer, dtype=layout.np_dtype, count=math.prod(layout.x_shape),
         offset=base_offset + layout.x_offset,
     ).reshape(layout.x_shape)
-    y = np.frombuffer(buffer, dtype=layout.y_dtype, count=int(np.prod(layout.y_shape)),
+    y = np.frombuffer(buffer, dtype=layout.y_dtype, count=math.prod(layout.y_shape),
                       offset=base_offset + layout.y_offset).reshape(layout.y_shape)
     w = np.frombuffer(buffer, dtype="<f4", count=layout.batch_size,
                       offset=base_offset + layout.w_offset)
