@@ -21,22 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from corpus import DEFAULT_CORPUS_DIR, make_corpus
-from throughput import (
-    BATCH_SIZE,
-    CLIP_LENGTH,
-    HEIGHT,
-    VIDRING_WARMUP_BATCHES,
-    WIDTH,
-    run_vidring,
-    vidring_plan,
-)
+from throughput import CLIP_LENGTH, HEIGHT, WIDTH, add_corpus_arguments, random_clips, run_vidring
 
-from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder
 from vidring.daemon.probe import probe
 
@@ -66,27 +55,15 @@ def _cpu_per_clip(decoder: ClipDecoder, clips: list[tuple[str, int]], infos: dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="640x360", help="corpus WxH")
-    parser.add_argument("--gop", type=int, default=250, help="0: libx264's own defaults")
-    parser.add_argument("--videos", type=int, default=12)
-    parser.add_argument("--clips", type=int, default=320)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    add_corpus_arguments(parser, size="640x360", gop=250, clips=320)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
-    videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, width=width,
-                                          height=height, gop=args.gop)]
-    n_batches = -(-args.clips // BATCH_SIZE)
-    n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
-    sampling = sampler.Sampling(CLIP_LENGTH)
-    batches = vidring_plan(videos, n_rows, 0, range(VIDRING_WARMUP_BATCHES,
-                                                     VIDRING_WARMUP_BATCHES + n_batches),
-                           sampling)
-    clips = [clip for batch in batches for clip in batch]
+    bench = random_clips(args)
+    videos, clips = bench.videos, bench.clips
     infos = {path: probe(path) for path in videos}
     floor_s = _cpu_per_clip(FloorDecoder(HEIGHT, WIDTH), clips, infos)
     decoder_s = _cpu_per_clip(ClipDecoder(HEIGHT, WIDTH), clips, infos)
-    served = run_vidring(videos, n_rows, n_batches, args.workers, 0, sampling)
+    served = run_vidring(videos, bench.n_rows, bench.n_batches, args.workers, 0,
+                         bench.sampling)
     ceiling = args.workers / floor_s
     print(f"corpus {args.size} GOP {args.gop}, {len(clips)} random clips of {CLIP_LENGTH} "
           f"frames at {HEIGHT}x{WIDTH}; {args.workers} workers on {os.cpu_count()} cores")

@@ -21,24 +21,13 @@ import argparse
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
-from corpus import DEFAULT_CORPUS_DIR, make_corpus
 from naive import NaiveOpenCVSequence, PyAVStraightforwardReader
-from throughput import (
-    BATCH_SIZE,
-    CLIP_LENGTH,
-    HEIGHT,
-    VIDRING_WARMUP_BATCHES,
-    WIDTH,
-    run_vidring,
-    vidring_plan,
-)
+from throughput import CLIP_LENGTH, HEIGHT, WIDTH, add_corpus_arguments, random_clips, run_vidring
 
-from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder
 from vidring.daemon.probe import VideoInfo, probe
 
@@ -127,21 +116,10 @@ def _exact(clip: np.ndarray, ref: np.ndarray, start: int) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="340x256")
-    parser.add_argument("--gop", type=int, default=0, help="0: libx264's own defaults")
-    parser.add_argument("--videos", type=int, default=12)
-    parser.add_argument("--clips", type=int, default=160)
-    parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+    add_corpus_arguments(parser, size="340x256", gop=0, clips=160)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
-    videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, width=width,
-                                          height=height, gop=args.gop)]
-    n_batches = -(-args.clips // BATCH_SIZE)
-    n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
-    sampling = sampler.Sampling(CLIP_LENGTH)
-    clips = [c for batch in vidring_plan(videos, n_rows, 0, range(
-        VIDRING_WARMUP_BATCHES, VIDRING_WARMUP_BATCHES + n_batches), sampling) for c in batch]
+    bench = random_clips(args)
+    videos, clips = bench.videos, bench.clips
     infos = {path: probe(path) for path in videos}
     refs = {path: _reference(path) for path in videos}
     print(f"corpus {args.size} GOP {args.gop or 'libx264 defaults'}; {len(clips)} random "
@@ -165,7 +143,8 @@ def main() -> None:
                                     else "")
         print(f"{name:<14} {cpu_s / len(clips) * 1e3:>11.1f} {len(clips) / wall_s:>8.1f} "
               f"{exact:>4}/{len(clips):<4}  {note}", flush=True)
-    served = run_vidring(videos, n_rows, n_batches, args.workers, 0, sampling)
+    served = run_vidring(videos, bench.n_rows, bench.n_batches, args.workers, 0,
+                         bench.sampling)
     print(f"{'vidring daemon':<14} {served.cpu_s_per_clip * 1e3:>11.1f} "
           f"{served.clips_per_s:>8.1f} {'':>9}  {args.workers} workers, the whole tree's CPU")
 

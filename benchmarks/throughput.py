@@ -124,6 +124,44 @@ def vidring_plan(videos: list[str], n_rows: int, seed: int, batches: range,
             for b in batches]
 
 
+@dataclass(frozen=True, slots=True)
+class ClipSet:
+    """The random clips of vidring's plan on a corpus, for benchmarks that compare decoders
+    on exactly the same clips (floor.py, peers.py)."""
+
+    videos: list[str]
+    clips: list[ClipRef]
+    n_rows: int  # manifest rows run_vidring lists the videos in
+    n_batches: int  # timed batches run_vidring reads
+    sampling: sampler.Sampling
+
+
+def add_corpus_arguments(parser: argparse.ArgumentParser, *, size: str, gop: int,
+                         clips: int) -> None:
+    parser.add_argument("--size", default=size, help="corpus WxH")
+    parser.add_argument("--gop", type=int, default=gop, help="0: libx264's own defaults")
+    parser.add_argument("--videos", type=int, default=12)
+    parser.add_argument("--clips", type=int, default=clips)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--corpus-dir", type=Path, default=DEFAULT_CORPUS_DIR)
+
+
+def random_clips(args: argparse.Namespace) -> ClipSet:
+    """The corpus of add_corpus_arguments' settings and the clips of the batches
+    run_vidring times."""
+    width, height = (int(v) for v in args.size.split("x"))
+    videos = [str(p) for p in make_corpus(args.corpus_dir, args.videos, width=width,
+                                          height=height, gop=args.gop)]
+    n_batches = -(-args.clips // BATCH_SIZE)
+    n_rows = BATCH_SIZE * (VIDRING_WARMUP_BATCHES + n_batches + 1)
+    sampling = sampler.Sampling(CLIP_LENGTH)
+    batches = vidring_plan(videos, n_rows, 0, range(VIDRING_WARMUP_BATCHES,
+                                                     VIDRING_WARMUP_BATCHES + n_batches),
+                           sampling)
+    return ClipSet(videos, [c for batch in batches for c in batch], n_rows, n_batches,
+                   sampling)
+
+
 def run_naive(warmup: list[list[ClipRef]], batches: list[list[ClipRef]],
               labels: dict[str, int]) -> Result:
     NaiveOpenCVSequence(warmup, labels, CLIP_LENGTH, WIDTH, HEIGHT)[0]

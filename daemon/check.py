@@ -62,7 +62,7 @@ def check(manifest: str | Path, settings: Settings, cache_dir: Path | None = Non
         "shorter_than_a_clip": sum(info.frames < needed for info in infos),
         "frames_per_clip": needed,
         "bad": bad,
-        "clips_per_s_per_core": _estimate(good, settings, seed),
+        "clips_per_s_per_core": estimate_clips_per_s(good, settings, seed),
     }
 
 
@@ -124,7 +124,8 @@ def _gop(info: VideoInfo) -> float:
     return float(np.max(np.diff(keys))) if len(keys) > 1 else float(info.frames)
 
 
-def _estimate(good: list[tuple[str, VideoInfo]], settings: Settings, seed: int) -> float:
+def estimate_clips_per_s(good: list[tuple[str, VideoInfo]], settings: Settings,
+                         seed: int) -> float:
     """Clips per second of one core: a few clips at random starts, decoded and timed here
     as a worker decodes them (pre-roll from the keyframe included)."""
     if not good:

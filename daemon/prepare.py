@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from vidring.daemon.check import Settings, estimate_clips_per_s
 from vidring.daemon.manifest import Manifest, load_manifest
 from vidring.daemon.probe import probe
 from vidring.daemon.startup import progress_bar
@@ -203,15 +204,13 @@ def _write_manifest(manifest: Manifest, out: Path, targets: list[Path]) -> Path:
 
 def _clip_cost(paths: list[str]) -> float:
     """CPU ms per random 16-frame clip, decoded as a worker does, on a few of `paths`."""
-    from vidring.daemon.check import Settings, _estimate
-
     infos = []
     for path in paths[:_TIMED_CLIPS]:
         try:
             infos.append((path, probe(path)))
         except Exception:
             continue
-    rate = _estimate(infos, Settings(), seed=1)
+    rate = estimate_clips_per_s(infos, Settings(), seed=1)
     return round(1000.0 / rate, 1) if rate else 0.0
 
 
