@@ -8,7 +8,10 @@ against the exact-access ceiling, same clips, same FFmpeg.
   conversion, resize and write of the kept frames);
 - vidring: the daemon with --workers workers, read through ClipDataset (everything:
   IPC, scheduling, the trainer's side), CPU of the whole process tree;
-- ceiling: the clips/s --workers cores would give at the floor's CPU per clip.
+- ceiling: the clips/s --workers cores would give at the floor's CPU per clip;
+- opening: what it costs to open a file and decode its first frame, as on a dataset of
+  thousands of files, where almost every clip opens its file: opened as the probe found
+  it (no format probe or stream analysis), and opened the plain way.
 
     python benchmarks/floor.py [--size 640x360] [--gop 250] [--clips 320] [--workers 2]
 
@@ -43,14 +46,28 @@ def _cpu_per_clip(decoder: ClipDecoder, clips: list[tuple[str, int]], infos: dic
     out = np.empty((CLIP_LENGTH, HEIGHT, WIDTH, 3), np.uint8)
     path, start = clips[0]
     decoder.decode_into(path, *infos[path].seek_target(start),
-                        [int(p) for p in infos[path].frame_pts[start:start + CLIP_LENGTH]], out)
+                        [int(p) for p in infos[path].frame_pts[start:start + CLIP_LENGTH]], out,
+                        demuxer=infos[path].demuxer)
     began = time.process_time()
     for path, start in clips:
         info = infos[path]
         frames = [min(start + t, info.frames - 1) for t in range(CLIP_LENGTH)]
         decoder.decode_into(path, *info.seek_target(start),
-                            [int(info.frame_pts[f]) for f in frames], out)
+                            [int(info.frame_pts[f]) for f in frames], out,
+                            demuxer=infos[path].demuxer)
     return (time.process_time() - began) / len(clips)
+
+
+def _cpu_per_open(infos: dict[str, Any], *, probed: bool, rounds: int = 10) -> float:
+    decoder = ClipDecoder(HEIGHT, WIDTH, max_open=1)
+    out = np.empty((1, HEIGHT, WIDTH, 3), np.uint8)
+    began = time.process_time()
+    for _ in range(rounds):
+        for path, info in infos.items():
+            decoder.decode_into(path, *info.seek_target(0), [int(info.frame_pts[0])], out,
+                                demuxer=info.demuxer if probed else "")
+    decoder.close()
+    return (time.process_time() - began) / (rounds * len(infos))
 
 
 def main() -> None:
@@ -62,6 +79,7 @@ def main() -> None:
     infos = {path: probe(path) for path in videos}
     floor_s = _cpu_per_clip(FloorDecoder(HEIGHT, WIDTH), clips, infos)
     decoder_s = _cpu_per_clip(ClipDecoder(HEIGHT, WIDTH), clips, infos)
+    opening = {probed: _cpu_per_open(infos, probed=probed) for probed in (True, False)}
     served = run_vidring(videos, bench.n_rows, bench.n_batches, args.workers, 0,
                          bench.sampling)
     ceiling = args.workers / floor_s
@@ -72,6 +90,8 @@ def main() -> None:
     print(f"vidring   {served.cpu_s_per_clip * 1e3:6.1f} ms CPU/clip  "
           f"({served.cpu_s_per_clip / floor_s:.2f}x floor), {served.clips_per_s:.1f} clips/s "
           f"= {served.clips_per_s / ceiling:.0%} of the {ceiling:.1f} clips/s ceiling")
+    print(f"opening   {opening[True] * 1e3:6.2f} ms CPU to open a file and decode its first "
+          f"frame as probed, {opening[False] * 1e3:.2f} ms the plain way")
 
 
 if __name__ == "__main__":

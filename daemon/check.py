@@ -144,7 +144,8 @@ def estimate_clips_per_s(good: list[tuple[str, VideoInfo]], settings: Settings,
             began = time.process_time()
             try:
                 decoder.decode_into(path, *info.seek_target(start),
-                                    [int(info.frame_pts[f]) for f in frames], out)
+                                    [int(info.frame_pts[f]) for f in frames], out,
+                                    demuxer=info.demuxer)
             except DecodeError:
                 continue
             spent += time.process_time() - began

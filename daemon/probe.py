@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 7
+CACHE_FORMAT = 8
 
 
 class ProbeError(Exception):
@@ -48,6 +48,7 @@ class VideoInfo:
     size: int = 0  # bytes and mtime of the file probed (0: not known)
     mtime_ns: int = 0
     codec: str = ""
+    demuxer: str = ""  # FFmpeg's name for the container format, e.g. "mov", "matroska"
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -111,6 +112,7 @@ def probe(path: str | Path) -> VideoInfo:
                     rotation = _rotation(packet)
             width, height = stream.codec_context.width, stream.codec_context.height
             codec = stream.codec_context.name
+            demuxer = container.format.name.split(",")[0]
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
         raise
@@ -133,7 +135,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
     return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0,
-                     st.st_size, st.st_mtime_ns, codec)
+                     st.st_size, st.st_mtime_ns, codec, demuxer)
 
 
 def _rotation(packet: Any) -> int | None:
@@ -208,7 +210,7 @@ class ProbeCache:
             info = VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]),
                              int(data["height"]), float(data["time_base"]),
                              int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]),
-                             str(data["codec"]))
+                             str(data["codec"]), str(data["demuxer"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         finally:
@@ -226,7 +228,7 @@ class ProbeCache:
                 "key_pts": info.keyframe_pts.tolist(), "key_dts": info.keyframe_dts.tolist(),
                 "width": info.width, "height": info.height, "time_base": info.time_base,
                 "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns,
-                "codec": info.codec}))
+                "codec": info.codec, "demuxer": info.demuxer}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

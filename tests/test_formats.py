@@ -34,6 +34,7 @@ FORMATS = {
     "vp9-webm": ("f.webm", "libvpx-vp9", {"lag-in-frames": "16", "auto-alt-ref": "1"}, None,
                  (48, 64)),
     "mpeg4-avi": ("g.avi", "mpeg4", {"bf": "2"}, None, (48, 64)),
+    "mpeg4-mp4": ("j.mp4", "mpeg4", {"bf": "2"}, None, (48, 64)),
     "mpeg2-ps": ("h.mpg", "mpeg2video", {"bf": "2"}, "mpeg", (48, 64)),
     "av1-mp4": ("i.mp4", "libsvtav1", {"svtav1-params": "keyint=25"}, None, (64, 64)),
 }
@@ -61,7 +62,10 @@ def _encode(path: Path, codec: str, options: dict[str, str], fmt: str | None,
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
-def test_random_clips_equal_a_sequential_decode(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("reopen", ["probed", "analysed"])
+def test_random_clips_equal_a_sequential_decode(name: str, reopen: str, tmp_path: Path) -> None:
+    """`probed` opens the file as the probe found it (no format probe or stream analysis
+    for the HEADER_DEMUXERS); `analysed` lets FFmpeg find everything again."""
     file_name, codec, options, fmt, size = FORMATS[name]
     if codec not in av.codecs_available:
         pytest.skip(f"this PyAV build has no {codec} encoder")
@@ -70,15 +74,19 @@ def test_random_clips_equal_a_sequential_decode(name: str, tmp_path: Path) -> No
     info = probe(path)
     reference = reference_decode(path, H, W)
     assert info.frames == len(reference)
-    decoder = ClipDecoder(H, W)
+    demuxer = info.demuxer if reopen == "probed" else ""
+    decoder = ClipDecoder(H, W, max_open=1)  # reopened for every clip, each way
     rng = np.random.default_rng(0)
+    other = tmp_path / "other.mp4"
+    _encode(other, "libx264", {}, None, (48, 64))
     for clip in range(16):
         stride = 1 + clip % 3
         start = int(rng.integers(0, len(reference)))
         frames = sampler.clip_frames(start, len(reference), 8, stride)
         out = np.zeros((8, H, W, 3), np.uint8)
         decoder.decode_into(str(path), *info.seek_target(frames[0]),
-                            [int(info.frame_pts[f]) for f in frames], out)
+                            [int(info.frame_pts[f]) for f in frames], out, demuxer=demuxer)
+        decoder.decode_into(str(other), 0, 0, [0], np.zeros((1, H, W, 3), np.uint8))
         np.testing.assert_array_equal(out, reference[frames],
                                       err_msg=f"{name}: start {start} stride {stride}")
     decoder.close()
@@ -125,7 +133,8 @@ def test_stream_copy_cuts_with_edit_lists_are_exact(tmp_path: Path, gop: int, n_
             out = np.zeros((8, H, W, 3), np.uint8)
             key_pts, key_dts = info.seek_target(frames[0])
             decoder.decode_into(str(cut), key_pts, key_dts,
-                                [int(info.frame_pts[f]) for f in frames], out)
+                                [int(info.frame_pts[f]) for f in frames], out,
+                                demuxer=info.demuxer)
             np.testing.assert_array_equal(out, reference[frames], err_msg=f"start {start}")
     finally:
         decoder.close()
