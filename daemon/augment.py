@@ -81,10 +81,12 @@ def parse_jitter(text: str) -> tuple[int, int]:
 def place(augment: Augment, size: tuple[int, int], *, seed: int, epoch: int, sample: int,
           attempt: int = 0) -> Look:
     """The look of sample `sample` of `epoch`, cut from upright frames of `size` (h, w)."""
+    src_h, src_w = size
+    if augment.resize == "stretch" and not augment.flip:
+        return Look((0, 0, src_h, src_w), False)  # nothing drawn is used: skip the draws
     rng = np.random.default_rng([_AUGMENT_STREAM, seed, epoch, sample, attempt])
     side, fy, fx, coin = int(rng.integers(0, 2**31)), rng.random(), rng.random(), rng.random()
     flip = augment.flip and coin < 0.5
-    src_h, src_w = size
     if augment.resize == "stretch":
         return Look((0, 0, src_h, src_w), flip)
     least, most = augment.short_side

@@ -25,7 +25,7 @@ STALL_FACTOR = 10.0
 MIN_STALL_S = 5.0
 RECENT = 256
 MIN_SAMPLES = 16
-_SUMMARISE_EVERY = 8
+_SUMMARISE_EVERY = 32
 
 
 class DecodeTimes:
@@ -40,8 +40,11 @@ class DecodeTimes:
     def record(self, seconds: float, clips: int) -> None:
         self._recent.append(seconds / max(clips, 1))
         self._unsummarised += 1
-        # The percentile costs more than the rest of a clip's bookkeeping: every few clips.
-        if len(self._recent) >= MIN_SAMPLES and self._unsummarised >= _SUMMARISE_EVERY:
+        # The percentile costs more than the rest of a clip's bookkeeping: once there are
+        # enough samples, then every few clips.
+        enough = len(self._recent) >= MIN_SAMPLES
+        if enough and (self._unsummarised >= _SUMMARISE_EVERY
+                       or len(self._recent) == MIN_SAMPLES):
             self._unsummarised = 0
             p99 = float(np.percentile(np.fromiter(self._recent, float), 99))
             self._per_clip_s = min(self._cap_s, max(MIN_STALL_S, STALL_FACTOR * p99))

@@ -68,6 +68,8 @@ _TICK_S = 0.02  # upper bound on reaction time to a dead worker or a stall
 # it at once (the poll returns on any socket event).
 _IDLE_TICK_S = 0.25
 _CLIENT_CHECK_S = 1.0
+# Workers' processes are checked (a wait4 each) at most this often, not on every message.
+_RECONCILE_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,7 @@ class Daemon:
         self._waiting: list[Waiting] = []
         self.clients = Clients(self.config.lease_timeout_s)
         self._last_client_check = 0.0
+        self._reconciled_at = -_RECONCILE_S
 
     # -- loop ---------------------------------------------------------------------
 
@@ -153,7 +156,9 @@ class Daemon:
 
     def _tick(self) -> None:
         now = self._clock()
-        self._finish(self.pool.reconcile())
+        if now - self._reconciled_at >= _RECONCILE_S:
+            self._reconciled_at = now
+            self._finish(self.pool.reconcile())
         self._notifier.serving(now, batch_ready=lambda: self.sched.counts().ready > 0,
                                status=self._status_line)
         self.telemetry.tick(now, self)

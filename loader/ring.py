@@ -24,7 +24,7 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -102,19 +102,33 @@ class RingLayout:
     dtype: str = "uint8"
     channels: int = 3
     y_width: int = 0  # 0: y is (B,) int32; K: y is (B, K) float32
+    # (sample_bytes, y_offset, w_offset, prov_offset, slot_bytes): worked out once, as a
+    # slot's views are built for every clip, by the daemon, the workers and the trainer.
+    _sizes: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.y_width, int) or self.y_width < 0:
             raise ValueError(f"ring layout: y_width must be an int >= 0, got {self.y_width!r}")
-        for field in ("slot_count", "batch_size", "clip_length", "height", "width", "channels"):
-            value = getattr(self, field)
+        for name in ("slot_count", "batch_size", "clip_length", "height", "width", "channels"):
+            value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ring layout: {field} must be a positive int, got {value!r}")
+                raise ValueError(f"ring layout: {name} must be a positive int, got {value!r}")
         if self.slot_count > MAX_SLOTS:
             raise ValueError(f"ring layout: slot_count {self.slot_count} exceeds {MAX_SLOTS}")
         if self.dtype not in DTYPES:
             raise ValueError(
                 f"ring layout: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        sample_bytes = (self.clip_length * self.height * self.width * self.channels
+                        * self.np_dtype.itemsize)
+        y_offset = _align(self.x_offset + self.batch_size * sample_bytes, ALIGN_BYTES)
+        w_offset = _align(y_offset + self.y_dtype.itemsize * math.prod(self.y_shape),
+                          ALIGN_BYTES)
+        prov_offset = _align(w_offset + 4 * self.batch_size, ALIGN_BYTES)
+        # Page-aligned so one slot can be mapped on its own (see Ring.map_slot).
+        slot_bytes = _align(prov_offset + self.provenance_dtype.itemsize * self.batch_size,
+                            PAGE_BYTES)
+        object.__setattr__(self, "_sizes",
+                           (sample_bytes, y_offset, w_offset, prov_offset, slot_bytes))
 
     @property
     def x_shape(self) -> tuple[int, int, int, int, int]:
@@ -138,7 +152,7 @@ class RingLayout:
 
     @property
     def sample_bytes(self) -> int:
-        return self.clip_length * self.height * self.width * self.channels * self.np_dtype.itemsize
+        return self._sizes[0]
 
     @property
     def x_bytes(self) -> int:
@@ -150,22 +164,19 @@ class RingLayout:
 
     @property
     def y_offset(self) -> int:
-        return _align(self.x_offset + self.x_bytes, ALIGN_BYTES)
+        return self._sizes[1]
 
     @property
     def w_offset(self) -> int:
-        y_bytes = self.y_dtype.itemsize * math.prod(self.y_shape)
-        return _align(self.y_offset + y_bytes, ALIGN_BYTES)
+        return self._sizes[2]
 
     @property
     def prov_offset(self) -> int:
-        return _align(self.w_offset + 4 * self.batch_size, ALIGN_BYTES)
+        return self._sizes[3]
 
     @property
     def slot_bytes(self) -> int:
-        # Page-aligned so one slot can be mapped on its own (see Ring.map_slot).
-        end = self.prov_offset + self.provenance_dtype.itemsize * self.batch_size
-        return _align(end, PAGE_BYTES)
+        return self._sizes[4]
 
     @property
     def data_offset(self) -> int:
