@@ -18,6 +18,13 @@ keyframe dominates, so
   without FFmpeg's format probe and stream analysis (which decodes its first
   frames): 0.2 instead of 0.7-1.8 ms an open, and a dataset of thousands of
   files reopens on almost every clip.
+
+Not taken: skipping every B-frame of the pre-roll, not only the non-reference
+ones.  An H.264 B-frame may be a reference (libx264's default pyramid); whether
+a later frame reads a skipped one depends on every slice's reference lists and
+on how FFmpeg fills the frame_num gap a skipped reference leaves, which no probe
+of the headers proves.  It was exact on libx264 `veryfast` files and a quarter
+cheaper there, but only 20 of 200 clips matched at libx264's defaults.
 """
 
 from __future__ import annotations
