@@ -3,11 +3,13 @@
 Peers (`pip install decord spdl` beside the bench extra; a peer that is not installed is
 left out with a note):
   decord        VideoReader(width, height, num_threads=1).get_batch(frame indices)
-  spdl          spdl.io.load_video(timestamp window, scale filter, num_frames)
+  spdl          spdl.io.load_video(timestamp window, scale filter)
   pyav-straight a straightforward PyAV reader (benchmarks/naive.py)
   naive-opencv  the OpenCV Sequence's clip reader (benchmarks/naive.py)
   vidring       ClipDecoder in this process (the workers' code, for CPU per clip and
                 exactness) and the daemon with --workers workers (for clips/s)
+SPDL's wheels load FFmpeg by its libraries' plain names (libavcodec.so.62, ...); the script
+runs it on PyAV's bundled FFmpeg under those names, so every reader has the same FFmpeg.
 Every peer decodes in this one process, so its clips/s is one core's.  A clip is exact when
 each of its frames is closer to the reference frame it should be (a sequential decode,
 resized alike) than to the frames around it.
@@ -18,13 +20,18 @@ resized alike) than to the frames around it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
+from corpus import DEFAULT_CORPUS_DIR
 from naive import NaiveOpenCVSequence, PyAVStraightforwardReader
 from throughput import CLIP_LENGTH, HEIGHT, WIDTH, add_corpus_arguments, random_clips, run_vidring
 
@@ -33,6 +40,28 @@ from vidring.daemon.probe import VideoInfo, probe
 
 Reader = Callable[[str, int], np.ndarray]
 _WINDOW = 3  # a frame must beat the reference frames this many either side of it
+_SONAMES = "VIDRING_BENCH_FFMPEG_SONAMES"  # set once the script runs on PyAV's FFmpeg
+# auditwheel's names of PyAV's libraries: libavcodec-5e6b81c2.so.62.28.102
+_BUNDLED = re.compile(r"^(lib[a-z0-9]+)-[0-9a-f]{8}\.so\.(\d+)")
+
+
+def _run_spdl_on_pyav_ffmpeg() -> None:
+    """Start this script again with PyAV's FFmpeg findable by plain names, if SPDL is here."""
+    libs = Path(av.__file__).resolve().parent.parent / "av.libs"
+    if os.environ.get(_SONAMES) or importlib.util.find_spec("spdl") is None or not libs.is_dir():
+        return
+    names = DEFAULT_CORPUS_DIR / "ffmpeg-sonames"
+    names.mkdir(parents=True, exist_ok=True)
+    for lib in libs.iterdir():
+        match = _BUNDLED.match(lib.name)
+        if match:
+            link = names / f"{match[1]}.so.{match[2]}"
+            link.unlink(missing_ok=True)
+            link.symlink_to(lib)
+    # Both folders: each library finds the others by their bundled names beside the link.
+    path = os.pathsep.join(filter(None, [str(names), str(libs), os.environ.get("LD_LIBRARY_PATH")]))
+    os.execve(sys.executable, [sys.executable, *sys.argv],
+              {**os.environ, "LD_LIBRARY_PATH": path, _SONAMES: "1"})
 
 
 def _readers(infos: dict[str, VideoInfo]) -> dict[str, Reader | str]:
@@ -55,8 +84,9 @@ def _readers(infos: dict[str, VideoInfo]) -> dict[str, Reader | str]:
     try:
         import spdl.io
 
+        # Not num_frames=: its trim counts frames from the keyframe, not the window.
         desc = spdl.io.get_video_filter_desc(scale_width=WIDTH, scale_height=HEIGHT,
-                                            scale_mode=None, num_frames=CLIP_LENGTH)
+                                            scale_mode=None)  # stretch, as the others do
 
         def read_spdl(path: str, start: int) -> np.ndarray:
             info = infos[path]
@@ -64,12 +94,14 @@ def _readers(infos: dict[str, VideoInfo]) -> dict[str, Reader | str]:
             begin = float(pts[start] * info.time_base)
             end = float(pts[min(start + CLIP_LENGTH, info.frames - 1)] * info.time_base)
             buffer = spdl.io.load_video(path, timestamp=(begin, end + 1e-3), filter_desc=desc)
-            return np.asarray(spdl.io.to_numpy(buffer))[:CLIP_LENGTH]
+            frames = np.asarray(spdl.io.to_numpy(buffer))[:CLIP_LENGTH]
+            # Past the end the last frame repeats, as in every other reader here.
+            return frames[[min(t, len(frames) - 1) for t in range(CLIP_LENGTH)]]
 
         readers["spdl"] = read_spdl
     except ImportError:
         readers["spdl"] = "not installed (pip install spdl)"
-    except RuntimeError as exc:  # its wheels load the system's FFmpeg libraries
+    except RuntimeError as exc:  # no FFmpeg of a version its wheels were built for
         readers["spdl"] = f"cannot load: {str(exc)[:90]}"
     straight = PyAVStraightforwardReader(CLIP_LENGTH, WIDTH, HEIGHT)
     readers["pyav-straight"] = straight.read_clip
@@ -118,6 +150,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_corpus_arguments(parser, size="340x256", gop=0, clips=160)
     args = parser.parse_args()
+    _run_spdl_on_pyav_ffmpeg()
     bench = random_clips(args)
     videos, clips = bench.videos, bench.clips
     infos = {path: probe(path) for path in videos}
