@@ -37,6 +37,9 @@ FORMATS = {
     "mpeg4-mp4": ("j.mp4", "mpeg4", {"bf": "2"}, None, (48, 64)),
     "mpeg2-ps": ("h.mpg", "mpeg2video", {"bf": "2"}, "mpeg", (48, 64)),
     "av1-mp4": ("i.mp4", "libsvtav1", {"svtav1-params": "keyint=25"}, None, (64, 64)),
+    # An empty moov, then fragments: what live encoders and DASH write.
+    "h264-fragmented-mp4": ("l.mp4", "libx264", {"bf": "3", "x264-params": X264}, "fmp4",
+                            (48, 64)),
 }
 
 
@@ -45,7 +48,10 @@ def _encode(path: Path, codec: str, options: dict[str, str], fmt: str | None,
     height, width = size
     rng = np.random.default_rng(1)
     base = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
-    with av.open(str(path), "w", format=fmt) as container:
+    fragmented = fmt == "fmp4"
+    with av.open(str(path), "w", format="mp4" if fragmented else fmt,
+                 options={"movflags": "frag_keyframe+empty_moov"} if fragmented else {}
+                 ) as container:
         stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = 25
