@@ -31,7 +31,6 @@ from typing import Any
 
 import av
 import numpy as np
-from corpus import DEFAULT_CORPUS_DIR
 from naive import NaiveOpenCVSequence, PyAVStraightforwardReader
 from throughput import CLIP_LENGTH, HEIGHT, WIDTH, add_corpus_arguments, random_clips, run_vidring
 
@@ -45,19 +44,21 @@ _SONAMES = "VIDRING_BENCH_FFMPEG_SONAMES"  # set once the script runs on PyAV's 
 _BUNDLED = re.compile(r"^(lib[a-z0-9]+)-[0-9a-f]{8}\.so\.(\d+)")
 
 
-def _run_spdl_on_pyav_ffmpeg() -> None:
-    """Start this script again with PyAV's FFmpeg findable by plain names, if SPDL is here."""
+def _run_spdl_on_pyav_ffmpeg(folder: Path) -> None:
+    """Start this script again with PyAV's FFmpeg findable by plain names (links in
+    `folder`), if SPDL is here."""
     libs = Path(av.__file__).resolve().parent.parent / "av.libs"
     if os.environ.get(_SONAMES) or importlib.util.find_spec("spdl") is None or not libs.is_dir():
         return
-    names = DEFAULT_CORPUS_DIR / "ffmpeg-sonames"
+    names = folder / "ffmpeg-sonames"
     names.mkdir(parents=True, exist_ok=True)
     for lib in libs.iterdir():
         match = _BUNDLED.match(lib.name)
         if match:
-            link = names / f"{match[1]}.so.{match[2]}"
-            link.unlink(missing_ok=True)
-            link.symlink_to(lib)
+            # Renamed into place: two runs starting together never see a missing link.
+            fresh = names / f".{lib.name}.{os.getpid()}"
+            fresh.symlink_to(lib)
+            fresh.replace(names / f"{match[1]}.so.{match[2]}")
     # Both folders: each library finds the others by their bundled names beside the link.
     path = os.pathsep.join(filter(None, [str(names), str(libs), os.environ.get("LD_LIBRARY_PATH")]))
     os.execve(sys.executable, [sys.executable, *sys.argv],
@@ -119,7 +120,7 @@ def _readers(infos: dict[str, VideoInfo]) -> dict[str, Reader | str]:
         out = np.empty((CLIP_LENGTH, HEIGHT, WIDTH, 3), np.uint8)
         frames = [min(start + t, info.frames - 1) for t in range(CLIP_LENGTH)]
         decoder.decode_into(path, *info.seek_target(start),
-                            [int(info.frame_pts[f]) for f in frames], out, demuxer=info.demuxer)
+                            [int(info.frame_pts[f]) for f in frames], out, reopen_as=info.reopen_as)
         return out
 
     readers["vidring"] = read_vidring
@@ -150,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_corpus_arguments(parser, size="340x256", gop=0, clips=160)
     args = parser.parse_args()
-    _run_spdl_on_pyav_ffmpeg()
+    _run_spdl_on_pyav_ffmpeg(args.corpus_dir)
     bench = random_clips(args)
     videos, clips = bench.videos, bench.clips
     infos = {path: probe(path) for path in videos}

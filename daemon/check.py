@@ -145,7 +145,7 @@ def estimate_clips_per_s(good: list[tuple[str, VideoInfo]], settings: Settings,
             try:
                 decoder.decode_into(path, *info.seek_target(start),
                                     [int(info.frame_pts[f]) for f in frames], out,
-                                    demuxer=info.demuxer)
+                                    reopen_as=info.reopen_as)
             except DecodeError:
                 continue
             spent += time.process_time() - began

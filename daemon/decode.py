@@ -14,10 +14,10 @@ keyframe dominates, so
   each, by one long-lived reformatter with threads=1 (PyAV otherwise builds a
   threaded SwsContext per call), and written once, straight into the slot
   (frames.py);
-- a file whose container the probe found to be MP4/MOV or Matroska is reopened
-  without FFmpeg's format probe and stream analysis (which decodes its first
-  frames): 0.2 instead of 0.7-1.8 ms an open, and a dataset of thousands of
-  files reopens on almost every clip.
+- an MP4/MOV file is reopened as the probe found it (reopen_format), without
+  FFmpeg's format probe and stream analysis (which decodes its first frame):
+  0.2 instead of 0.7-1.8 ms an open, and a dataset of thousands of files
+  reopens on almost every clip.
 
 Not taken: skipping every B-frame of the pre-roll, not only the non-reference
 ones.  An H.264 B-frame may be a reference (libx264's default pyramid); whether
@@ -66,12 +66,13 @@ UNSEEKABLE_FORMATS = frozenset({"mpeg", "mpegvideo", "m4v", "h264", "hevc"})
 
 DECODERS = ("cpu", "cuda")
 
-# Demuxers whose header holds every stream's parameters and whose decoders learn their
-# reorder delay from the stream's own headers: test_formats checks each exact both ways.
-HEADER_DEMUXERS = frozenset({"mov", "matroska"})
-# Read nothing past the header, and decode nothing while FFmpeg analyses the streams.
+# Formats whose header holds every stream's parameters and every packet's timestamps.
+# Not Matroska: it stores no dts, and FFmpeg guesses them differently unanalysed.
+REOPENABLE_FORMATS = frozenset({"mov"})
+# Read nothing past the header, and decode nothing while FFmpeg analyses the streams (PyAV
+# gives entry i to stream i alone, and the video need not be the first stream).
 _NO_ANALYSIS = {"probesize": "32", "analyzeduration": "1"}
-_NO_PROBE_DECODE = [{"skip_frame": "all"}]
+_NO_PROBE_DECODE = [{"skip_frame": "all"}] * 32
 
 
 def cuda_unavailable() -> str:
@@ -96,13 +97,41 @@ def cuda_unavailable() -> str:
     return ""
 
 
-def _open(path: str, demuxer: str = "", hwaccel: HWAccel | None = None) -> tuple[Any, Any]:
+def _unanalysed(path: str, fmt: str, hwaccel: HWAccel | None = None) -> Any:
+    return av.open(path, format=fmt, options=_NO_ANALYSIS,
+                   # PyAV's stub says list[str]; it takes a dict per stream.
+                   stream_options=_NO_PROBE_DECODE,  # type: ignore[arg-type]
+                   hwaccel=hwaccel)
+
+
+def reopen_format(path: str, container: Any) -> str:
+    """The format a worker may reopen `path` as, unanalysed ('' to open it the plain way):
+    the probe's word, given `path` open and analysed as `container` and not yet decoded.
+
+    Only where the unanalysed open sees the video stream as the analysis does: a stream
+    whose reorder depth is learnt only from its packets (a fragmented MP4's) opens the
+    plain way, or its decoder would start out expecting no B-frames.
+    """
+    fmt = container.format.name.split(",")[0]
+    if fmt not in REOPENABLE_FORMATS or not container.streams.video:
+        return ""
+    analysed = container.streams.video[0].codec_context
+    try:
+        with _unanalysed(path, fmt) as quick:
+            if not quick.streams.video:
+                return ""
+            seen = quick.streams.video[0].codec_context
+            same = ((seen.reorder_depth, seen.width, seen.height, seen.name)
+                    == (analysed.reorder_depth, analysed.width, analysed.height, analysed.name))
+    except (av.FFmpegError, OSError):
+        return ""
+    return fmt if same else ""
+
+
+def _open(path: str, reopen_as: str = "", hwaccel: HWAccel | None = None) -> tuple[Any, Any]:
     # With NVDEC, frames come back to system memory (NV12) for the CPU's crop and resize.
-    if demuxer in HEADER_DEMUXERS:
-        container = av.open(path, format=demuxer, options=_NO_ANALYSIS,
-                            # PyAV's stub says list[str]; it takes a dict per stream.
-                            stream_options=_NO_PROBE_DECODE,  # type: ignore[arg-type]
-                            hwaccel=hwaccel)
+    if reopen_as in REOPENABLE_FORMATS:
+        container = _unanalysed(path, reopen_as, hwaccel)
     else:
         container = av.open(path, hwaccel=hwaccel)
     if not container.streams.video:
@@ -154,12 +183,12 @@ class ClipDecoder:
             _, (container, _) = self._open.popitem()
             container.close()
 
-    def _container(self, path: str, demuxer: str) -> tuple[Any, Any]:
+    def _container(self, path: str, reopen_as: str) -> tuple[Any, Any]:
         entry = self._open.get(path)
         if entry is not None:
             self._open.move_to_end(path)
             return entry
-        entry = _open(path, demuxer, self._hwaccel)
+        entry = _open(path, reopen_as, self._hwaccel)
         self._open[path] = entry
         while len(self._open) > self._max_open:
             _, (old, _) = self._open.popitem(last=False)
@@ -177,24 +206,24 @@ class ClipDecoder:
 
     def decode_into(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
                     out: np.ndarray, look: Look | None = None, rotation: int = 0, *,
-                    demuxer: str = "") -> None:
+                    reopen_as: str = "") -> None:
         """Write the frames with timestamps `frame_pts` (in order) into out[0..T-1].
 
         Decoding starts at the keyframe (`key_pts`, `key_dts`) at or before the
         first of them.  Repeated timestamps (a short video's last frame) are
         decoded once and copied.  `look` cuts them (the whole frame when None);
         `rotation` (degrees, the video's display matrix) turns them upright.
-        `demuxer` is the container format the probe found (VideoInfo.demuxer): known, a
-        file need not be probed again when it opens.
+        `reopen_as` is VideoInfo.reopen_as: where the probe allows, a file opens without
+        FFmpeg's analysis.
         """
         if out.shape[0] != len(frame_pts):
             raise ValueError(f"out has {out.shape[0]} frames, the clip {len(frame_pts)}")
         self.decode_frames(path, key_pts, key_dts, frame_pts, list(out),
-                           [look] * len(frame_pts), rotation, demuxer=demuxer)
+                           [look] * len(frame_pts), rotation, reopen_as=reopen_as)
 
     def decode_frames(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
                       outs: Sequence[np.ndarray], looks: Sequence[Look | None] | None = None,
-                      rotation: int = 0, *, demuxer: str = "") -> None:
+                      rotation: int = 0, *, reopen_as: str = "") -> None:
         """Write the frame with timestamp frame_pts[k], cut by looks[k], into outs[k] (an
         (H, W, 3) array), for every k: one forward pass from the keyframe, for one clip or
         several of a video."""
@@ -210,7 +239,7 @@ class ClipDecoder:
                                  f"({self.height}, {self.width}, 3)")
         self._marks = _Marks()
         try:
-            stream, packets = self._packets_from_key(path, key_pts, key_dts, demuxer)
+            stream, packets = self._packets_from_key(path, key_pts, key_dts, reopen_as)
             self._marks.opened = time.perf_counter()
             self._decode(path, stream, packets, frame_pts, _Places(outs, looks, rotation))
             self.last_stages = self._marks.stages()
@@ -222,7 +251,7 @@ class ClipDecoder:
             raise DecodeError(f"{path}: {type(exc).__name__}: {exc}") from None
 
     def _packets_from_key(self, path: str, key_pts: int, key_dts: int,
-                          demuxer: str) -> tuple[Any, Iterator[Any]]:
+                          reopen_as: str) -> tuple[Any, Iterator[Any]]:
         """(stream, packets) with the keyframe's packet first.
 
         Seeking by the keyframe's decode timestamp lands on it or before it in
@@ -230,14 +259,14 @@ class ClipDecoder:
         Then, and for UNSEEKABLE_FORMATS, the file is read from its start
         instead: slower, still exact.
         """
-        container, stream = self._container(path, demuxer)
+        container, stream = self._container(path, reopen_as)
         if not set(container.format.name.split(",")) & UNSEEKABLE_FORMATS:
             container.seek(key_dts, stream=stream, backward=True, any_frame=False)
             packets = _from_key(container.demux(stream), key_pts, key_dts)
             if packets is not None:
                 return stream, packets
         self._forget(path)
-        container, stream = self._container(path, demuxer)  # freshly opened: at the start
+        container, stream = self._container(path, reopen_as)  # freshly opened: at the start
         packets = _from_key(container.demux(stream), key_pts, key_dts)
         if packets is None:
             raise DecodeError(f"{path}: keyframe at pts {key_pts} not found: truncated or corrupt")

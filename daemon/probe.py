@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
+from vidring.daemon.decode import reopen_format
+
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 8
+CACHE_FORMAT = 9
 
 
 class ProbeError(Exception):
@@ -48,7 +50,7 @@ class VideoInfo:
     size: int = 0  # bytes and mtime of the file probed (0: not known)
     mtime_ns: int = 0
     codec: str = ""
-    demuxer: str = ""  # FFmpeg's name for the container format, e.g. "mov", "matroska"
+    reopen_as: str = ""  # decode.reopen_format's word: "mov", or "" to open it the plain way
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -90,6 +92,9 @@ def probe(path: str | Path) -> VideoInfo:
             if not container.streams.video:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
+            # Read again, so a regular file's alone (a pipe is read once); before any decode.
+            reopen_as = (reopen_format(os.fsdecode(path), container)
+                         if stat.S_ISREG(st.st_mode) else "")
             stream.codec_context.thread_type = "NONE"
             stream.codec_context.thread_count = 1
             rotation: int | None = None  # from the first decoded frame's display matrix
@@ -112,7 +117,6 @@ def probe(path: str | Path) -> VideoInfo:
                     rotation = _rotation(packet)
             width, height = stream.codec_context.width, stream.codec_context.height
             codec = stream.codec_context.name
-            demuxer = container.format.name.split(",")[0]
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
         raise
@@ -135,7 +139,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
     return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0,
-                     st.st_size, st.st_mtime_ns, codec, demuxer)
+                     st.st_size, st.st_mtime_ns, codec, reopen_as)
 
 
 def _rotation(packet: Any) -> int | None:
@@ -210,7 +214,7 @@ class ProbeCache:
             info = VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]),
                              int(data["height"]), float(data["time_base"]),
                              int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]),
-                             str(data["codec"]), str(data["demuxer"]))
+                             str(data["codec"]), str(data["reopen_as"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         finally:
@@ -228,7 +232,7 @@ class ProbeCache:
                 "key_pts": info.keyframe_pts.tolist(), "key_dts": info.keyframe_dts.tolist(),
                 "width": info.width, "height": info.height, "time_base": info.time_base,
                 "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns,
-                "codec": info.codec, "demuxer": info.demuxer}))
+                "codec": info.codec, "reopen_as": info.reopen_as}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

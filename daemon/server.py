@@ -293,6 +293,7 @@ class Daemon:
     def scale(self, target: int, reason: str) -> int:
         """Set the worker target (a command or the autoscaler); returns the previous one."""
         previous = self.pool.set_target(target)
+        self._reconciled_at = -_RECONCILE_S  # act on it this tick
         if previous != target:
             log.info("scale: %d -> %d workers (%s)", previous, target, reason)
             self.telemetry.scaled(f"{previous} -> {target}: {reason.removeprefix('autoscale: ')}")

@@ -116,7 +116,7 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
         looks = [None if clip.box is None else Look(clip.box, clip.flip)
                  for clip in task.clips for _ in clip.frame_pts]
         decoder.decode_frames(path, task.key_pts, task.key_dts, frame_pts, outs, looks,
-                              task.rotation, demuxer=task.demuxer)
+                              task.rotation, reopen_as=task.reopen_as)
     except DecodeError as exc:
         error = f"in decoder worker {identity}: {printable(str(exc))}"
     except Exception as exc:

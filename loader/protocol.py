@@ -166,7 +166,7 @@ class Task(Message, tag="task"):
     rotation: int = 0  # degrees counter-clockwise that turn the stored frames upright
     size: int = 0  # the file as probed: a file of another size or mtime was replaced
     mtime_ns: int = 0
-    demuxer: str = ""  # its container format as probed ("": FFmpeg detects it)
+    reopen_as: str = ""  # its container format as probed ("": FFmpeg detects it)
 
 
 class WorkerStop(Message, tag="worker_stop"):

@@ -24,7 +24,7 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -102,9 +102,6 @@ class RingLayout:
     dtype: str = "uint8"
     channels: int = 3
     y_width: int = 0  # 0: y is (B,) int32; K: y is (B, K) float32
-    # (sample_bytes, y_offset, w_offset, prov_offset, slot_bytes): worked out once, as a
-    # slot's views are built for every clip, by the daemon, the workers and the trainer.
-    _sizes: tuple[int, int, int, int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.y_width, int) or self.y_width < 0:
@@ -118,17 +115,6 @@ class RingLayout:
         if self.dtype not in DTYPES:
             raise ValueError(
                 f"ring layout: dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        sample_bytes = (self.clip_length * self.height * self.width * self.channels
-                        * self.np_dtype.itemsize)
-        y_offset = _align(self.x_offset + self.batch_size * sample_bytes, ALIGN_BYTES)
-        w_offset = _align(y_offset + self.y_dtype.itemsize * math.prod(self.y_shape),
-                          ALIGN_BYTES)
-        prov_offset = _align(w_offset + 4 * self.batch_size, ALIGN_BYTES)
-        # Page-aligned so one slot can be mapped on its own (see Ring.map_slot).
-        slot_bytes = _align(prov_offset + self.provenance_dtype.itemsize * self.batch_size,
-                            PAGE_BYTES)
-        object.__setattr__(self, "_sizes",
-                           (sample_bytes, y_offset, w_offset, prov_offset, slot_bytes))
 
     @property
     def x_shape(self) -> tuple[int, int, int, int, int]:
@@ -152,7 +138,7 @@ class RingLayout:
 
     @property
     def sample_bytes(self) -> int:
-        return self._sizes[0]
+        return _sizes(self)[0]
 
     @property
     def x_bytes(self) -> int:
@@ -164,19 +150,19 @@ class RingLayout:
 
     @property
     def y_offset(self) -> int:
-        return self._sizes[1]
+        return _sizes(self)[1]
 
     @property
     def w_offset(self) -> int:
-        return self._sizes[2]
+        return _sizes(self)[2]
 
     @property
     def prov_offset(self) -> int:
-        return self._sizes[3]
+        return _sizes(self)[3]
 
     @property
     def slot_bytes(self) -> int:
-        return self._sizes[4]
+        return _sizes(self)[4]
 
     @property
     def data_offset(self) -> int:
@@ -196,6 +182,23 @@ class RingLayout:
         if not 0 <= position < self.batch_size:
             raise IndexError(f"position {position} out of range 0..{self.batch_size - 1}")
         return self.slot_offset(slot) + self.x_offset + position * self.sample_bytes
+
+
+# A slot's views are built for every clip, by the daemon, the workers and the trainer:
+# the sizes they need are worked out once per layout.
+@functools.lru_cache(maxsize=16)
+def _sizes(layout: RingLayout) -> tuple[int, int, int, int, int]:
+    """(sample_bytes, y_offset, w_offset, prov_offset, slot_bytes) of `layout`."""
+    sample_bytes = (layout.clip_length * layout.height * layout.width * layout.channels
+                    * layout.np_dtype.itemsize)
+    y_offset = _align(layout.x_offset + layout.batch_size * sample_bytes, ALIGN_BYTES)
+    w_offset = _align(y_offset + layout.y_dtype.itemsize * math.prod(layout.y_shape),
+                      ALIGN_BYTES)
+    prov_offset = _align(w_offset + 4 * layout.batch_size, ALIGN_BYTES)
+    # Page-aligned so one slot can be mapped on its own (see Ring.map_slot).
+    slot_bytes = _align(prov_offset + layout.provenance_dtype.itemsize * layout.batch_size,
+                        PAGE_BYTES)
+    return sample_bytes, y_offset, w_offset, prov_offset, slot_bytes
 
 
 @dataclass(frozen=True, slots=True)
