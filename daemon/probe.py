@@ -3,8 +3,8 @@
 Probing demuxes every packet of the first video stream without decoding it,
 so frame counts and keyframe positions come from the container's own index,
 not from header estimates (``frames_from_header`` is often 0 or wrong).
-The cache key is the file's absolute path, size and mtime; a changed file is
-probed again.
+The cache key is the file's absolute path, size and mtime and the FFmpeg
+version; a changed file, or a new FFmpeg, probes again.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
 CACHE_FORMAT = 9
+# What an entry says (timestamps, edit lists, whether a file reopens unanalysed) is what
+# this FFmpeg's demuxers and decoders make of the file: another FFmpeg probes it again.
+_FFMPEG = f"{av.library_versions['libavformat']}{av.library_versions['libavcodec']}"
 
 
 class ProbeError(Exception):
@@ -193,7 +196,7 @@ class ProbeCache:
         if self.folder is None:
             return None
         key = b"\0".join([os.fsencode(os.path.abspath(path)),
-                          f"{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}".encode()])
+                          f"{st.st_size}\0{st.st_mtime_ns}\0{CACHE_FORMAT}\0{_FFMPEG}".encode()])
         return self.folder / (hashlib.sha1(key).hexdigest() + ".json")
 
     def _load(self, entry: Path | None) -> VideoInfo | None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.support import reference_decode
+from vidring.daemon import probe as probe_module
 from vidring.daemon import sampler
 from vidring.daemon.decode import ClipDecoder, DecodeError
 from vidring.daemon.probe import ProbeCache, ProbeError, probe
@@ -105,6 +106,15 @@ def test_probe_cache_reuses_and_invalidates(tmp_path: Path, video: Path) -> None
     st = copy.stat()
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a changed file is re-probed
     cache.get(copy)
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_another_ffmpeg_probes_again(tmp_path: Path, video: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ProbeCache(tmp_path / "cache")
+    cache.get(video)
+    monkeypatch.setattr(probe_module, "_FFMPEG", "(63, 0, 100)(63, 0, 100)")  # an upgrade
+    cache.get(video)
     assert len(list((tmp_path / "cache").iterdir())) == 2
 
 
