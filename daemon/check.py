@@ -60,6 +60,9 @@ def check(manifest: str | Path, settings: Settings, cache_dir: Path | None = Non
         "duration_s": _spread([_duration(info) for info in infos]),
         "gop_frames": _spread([_gop(info) for info in infos]),
         "shorter_than_a_clip": sum(info.frames < needed for info in infos),
+        # Reopened without FFmpeg's analysis: 0.2 instead of about 1.8 ms at 640x360.
+        "reopen_unanalysed": sum(bool(info.reopen_as) for info in infos),
+        "probed": len(infos),
         "frames_per_clip": needed,
         "bad": bad,
         "clips_per_s_per_core": estimate_clips_per_s(good, settings, seed),
@@ -84,6 +87,8 @@ def render(report: dict[str, Any]) -> str:
         f"GOP lengths   {spread('gop_frames', ' frames')}",
         f"short         {report['shorter_than_a_clip']} shorter than a clip "
         f"({report['frames_per_clip']} frames)",
+        f"reopening     {report['reopen_unanalysed']} of {report['probed']} open without "
+        "FFmpeg's stream analysis (plain MP4)",
     ]
     estimate = report["clips_per_s_per_core"]
     lines.append(f"estimate      {estimate:.1f} clips/s per core for these settings"

@@ -108,9 +108,10 @@ def reopen_format(path: str, container: Any) -> str:
     """The format a worker may reopen `path` as, unanalysed ('' to open it the plain way):
     the probe's word, given `path` open and analysed as `container` and not yet decoded.
 
-    Only where the unanalysed open sees the video stream as the analysis does: a stream
-    whose reorder depth is learnt only from its packets (a fragmented MP4's) opens the
-    plain way, or its decoder would start out expecting no B-frames.
+    Only where the unanalysed open leaves the decoder as the analysis does: same size and
+    codec, and the same B-frame reorder depth once its first packet has been decoded (the
+    stream's own headers raise it; the analysis measures it over the first frames, and a
+    depth it finds beyond what the headers say would be lost).
     """
     fmt = container.format.name.split(",")[0]
     if fmt not in REOPENABLE_FORMATS or not container.streams.video:
@@ -120,10 +121,16 @@ def reopen_format(path: str, container: Any) -> str:
         with _unanalysed(path, fmt) as quick:
             if not quick.streams.video:
                 return ""
-            seen = quick.streams.video[0].codec_context
+            stream = quick.streams.video[0]
+            seen = stream.codec_context
+            seen.thread_type = "NONE"
+            for packet in quick.demux(stream):
+                if packet.size:
+                    packet.decode()
+                    break
             same = ((seen.reorder_depth, seen.width, seen.height, seen.name)
                     == (analysed.reorder_depth, analysed.width, analysed.height, analysed.name))
-    except (av.FFmpegError, OSError):
+    except (av.FFmpegError, OSError, ValueError):
         return ""
     return fmt if same else ""
 

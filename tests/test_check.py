@@ -47,3 +47,23 @@ def test_check_summarises_and_names_bad_files(video_dir: Path, tmp_path: Path) -
     assert [b["path"] for b in report["bad"]] == [str(folder / "jump" / "broken.mp4")]
     (folder / "jump" / "broken.mp4").unlink()
     assert cli(*args).returncode == 0
+
+
+def test_check_counts_the_files_that_reopen_unanalysed(video_dir: Path, tmp_path: Path) -> None:
+    import av
+
+    folder = tmp_path / "data"
+    (folder / "walk").mkdir(parents=True)
+    shutil.copy(video_dir / "v00.mp4", folder / "walk" / "plain.mp4")
+    with av.open(str(video_dir / "v01.mp4")) as source, \
+            av.open(str(folder / "walk" / "remuxed.mkv"), "w") as out:  # Matroska: analysed
+        stream = source.streams.video[0]
+        copy = out.add_stream_from_template(stream)
+        for packet in source.demux(stream):
+            if packet.size:
+                packet.stream = copy
+                out.mux(packet)
+    args = ["check", str(folder), "--probe-cache", str(tmp_path / "cache")]
+    assert "reopening     1 of 2 open without" in cli(*args).stdout
+    report = json.loads(cli(*args, "--json").stdout)
+    assert (report["reopen_unanalysed"], report["probed"]) == (1, 2)
