@@ -47,14 +47,14 @@ def _cpu_per_clip(decoder: ClipDecoder, clips: list[tuple[str, int]], infos: dic
     path, start = clips[0]
     decoder.decode_into(path, *infos[path].seek_target(start),
                         [int(p) for p in infos[path].frame_pts[start:start + CLIP_LENGTH]], out,
-                        reopen_as=infos[path].reopen_as)
+                        reopen=infos[path].reopen)
     began = time.process_time()
     for path, start in clips:
         info = infos[path]
         frames = [min(start + t, info.frames - 1) for t in range(CLIP_LENGTH)]
         decoder.decode_into(path, *info.seek_target(start),
                             [int(info.frame_pts[f]) for f in frames], out,
-                            reopen_as=infos[path].reopen_as)
+                            reopen=infos[path].reopen)
     return (time.process_time() - began) / len(clips)
 
 
@@ -65,7 +65,7 @@ def _cpu_per_open(infos: dict[str, Any], *, probed: bool, rounds: int = 10) -> f
     for _ in range(rounds):
         for path, info in infos.items():
             decoder.decode_into(path, *info.seek_target(0), [int(info.frame_pts[0])], out,
-                                reopen_as=info.reopen_as if probed else "")
+                                reopen=info.reopen if probed else None)
     decoder.close()
     return (time.process_time() - began) / (rounds * len(infos))
 

@@ -120,7 +120,7 @@ def _readers(infos: dict[str, VideoInfo]) -> dict[str, Reader | str]:
         out = np.empty((CLIP_LENGTH, HEIGHT, WIDTH, 3), np.uint8)
         frames = [min(start + t, info.frames - 1) for t in range(CLIP_LENGTH)]
         decoder.decode_into(path, *info.seek_target(start),
-                            [int(info.frame_pts[f]) for f in frames], out, reopen_as=info.reopen_as)
+                            [int(info.frame_pts[f]) for f in frames], out, reopen=info.reopen)
         return out
 
     readers["vidring"] = read_vidring

@@ -150,7 +150,7 @@ def estimate_clips_per_s(good: list[tuple[str, VideoInfo]], settings: Settings,
             try:
                 decoder.decode_into(path, *info.seek_target(start),
                                     [int(info.frame_pts[f]) for f in frames], out,
-                                    reopen_as=info.reopen_as)
+                                    reopen=info.reopen)
             except DecodeError:
                 continue
             spent += time.process_time() - began

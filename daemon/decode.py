@@ -14,7 +14,7 @@ keyframe dominates, so
   each, by one long-lived reformatter with threads=1 (PyAV otherwise builds a
   threaded SwsContext per call), and written once, straight into the slot
   (frames.py);
-- an MP4/MOV file is reopened as the probe found it (reopen_format), without
+- an MP4/MOV file is reopened as the probe allows (reopen_format), without
   FFmpeg's format probe and stream analysis (which decodes its first frame):
   0.2 instead of 0.7-1.8 ms an open, and a dataset of thousands of files
   reopens on almost every clip.
@@ -104,42 +104,46 @@ def _unanalysed(path: str, fmt: str, hwaccel: HWAccel | None = None) -> Any:
                    hwaccel=hwaccel)
 
 
-def reopen_format(path: str, container: Any) -> str:
-    """The format a worker may reopen `path` as, unanalysed ('' to open it the plain way):
-    the probe's word, given `path` open and analysed as `container` and not yet decoded.
+class Reopen(NamedTuple):
+    """How the probe allows a file to be reopened without FFmpeg's analysis."""
 
-    Only where the unanalysed open leaves the decoder as the analysis does: same size and
-    codec, and the same B-frame reorder depth once its first packet has been decoded (the
-    stream's own headers raise it; the analysis measures it over the first frames, and a
-    depth it finds beyond what the headers say would be lost).
+    fmt: str  # the demuxer, one of REOPENABLE_FORMATS
+    reorder_depth: int  # the decoder's B-frame reorder depth that the analysis found
+
+
+def reopen_format(path: str, container: Any) -> Reopen | None:
+    """How a worker may reopen `path` unanalysed (None: the plain way), given `path` open and
+    analysed as `container`, not yet decoded: the probe's word.
+
+    Only where the unanalysed open gives the decoder what the analysis gives it but the
+    reorder depth, which the worker then sets: the same size and codec and the same codec
+    headers (an MPEG-4 part 2 file may carry them in its first frame alone, which only the
+    analysis moves into extradata).  The depth must be set, not left to the stream's
+    headers: a fragmented MP4's first SPS may say more than the ones after it.
     """
     fmt = container.format.name.split(",")[0]
     if fmt not in REOPENABLE_FORMATS or not container.streams.video:
-        return ""
+        return None
     analysed = container.streams.video[0].codec_context
     try:
         with _unanalysed(path, fmt) as quick:
             if not quick.streams.video:
-                return ""
-            stream = quick.streams.video[0]
-            seen = stream.codec_context
-            seen.thread_type = "NONE"
-            for packet in quick.demux(stream):
-                if packet.size:
-                    packet.decode()
-                    break
-            same = ((seen.reorder_depth, seen.width, seen.height, seen.name)
-                    == (analysed.reorder_depth, analysed.width, analysed.height, analysed.name))
+                return None
+            seen = quick.streams.video[0].codec_context
+            same = ((seen.extradata, seen.width, seen.height, seen.name)
+                    == (analysed.extradata, analysed.width, analysed.height, analysed.name))
     except (av.FFmpegError, OSError, ValueError):
-        return ""
-    return fmt if same else ""
+        return None
+    return Reopen(fmt, analysed.reorder_depth) if same else None
 
 
-def _open(path: str, reopen_as: str = "", hwaccel: HWAccel | None = None) -> tuple[Any, Any]:
+def _open(path: str, reopen: Reopen | None = None,
+          hwaccel: HWAccel | None = None) -> tuple[Any, Any]:
     # With NVDEC, frames come back to system memory (NV12) for the CPU's crop and resize.
-    if reopen_as in REOPENABLE_FORMATS:
-        container = _unanalysed(path, reopen_as, hwaccel)
+    if reopen is not None and reopen.fmt in REOPENABLE_FORMATS:
+        container = _unanalysed(path, reopen.fmt, hwaccel)
     else:
+        reopen = None
         container = av.open(path, hwaccel=hwaccel)
     if not container.streams.video:
         container.close()
@@ -149,6 +153,8 @@ def _open(path: str, reopen_as: str = "", hwaccel: HWAccel | None = None) -> tup
     ctx.thread_type = "NONE"
     ctx.thread_count = 1
     ctx.skip_frame = "DEFAULT"
+    if reopen is not None:
+        ctx.reorder_depth = reopen.reorder_depth  # as the analysis would have started it
     ctx.open(strict=False)  # now, not at the first packet, which may be skipped pre-roll
     return container, stream
 
@@ -190,12 +196,12 @@ class ClipDecoder:
             _, (container, _) = self._open.popitem()
             container.close()
 
-    def _container(self, path: str, reopen_as: str) -> tuple[Any, Any]:
+    def _container(self, path: str, reopen: Reopen | None) -> tuple[Any, Any]:
         entry = self._open.get(path)
         if entry is not None:
             self._open.move_to_end(path)
             return entry
-        entry = _open(path, reopen_as, self._hwaccel)
+        entry = _open(path, reopen, self._hwaccel)
         self._open[path] = entry
         while len(self._open) > self._max_open:
             _, (old, _) = self._open.popitem(last=False)
@@ -213,24 +219,24 @@ class ClipDecoder:
 
     def decode_into(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
                     out: np.ndarray, look: Look | None = None, rotation: int = 0, *,
-                    reopen_as: str = "") -> None:
+                    reopen: Reopen | None = None) -> None:
         """Write the frames with timestamps `frame_pts` (in order) into out[0..T-1].
 
         Decoding starts at the keyframe (`key_pts`, `key_dts`) at or before the
         first of them.  Repeated timestamps (a short video's last frame) are
         decoded once and copied.  `look` cuts them (the whole frame when None);
         `rotation` (degrees, the video's display matrix) turns them upright.
-        `reopen_as` is VideoInfo.reopen_as: where the probe allows, a file opens without
-        FFmpeg's analysis.
+        `reopen` is VideoInfo.reopen: where the probe allows, a file opens without FFmpeg's
+        analysis.
         """
         if out.shape[0] != len(frame_pts):
             raise ValueError(f"out has {out.shape[0]} frames, the clip {len(frame_pts)}")
         self.decode_frames(path, key_pts, key_dts, frame_pts, list(out),
-                           [look] * len(frame_pts), rotation, reopen_as=reopen_as)
+                           [look] * len(frame_pts), rotation, reopen=reopen)
 
     def decode_frames(self, path: str, key_pts: int, key_dts: int, frame_pts: list[int],
                       outs: Sequence[np.ndarray], looks: Sequence[Look | None] | None = None,
-                      rotation: int = 0, *, reopen_as: str = "") -> None:
+                      rotation: int = 0, *, reopen: Reopen | None = None) -> None:
         """Write the frame with timestamp frame_pts[k], cut by looks[k], into outs[k] (an
         (H, W, 3) array), for every k: one forward pass from the keyframe, for one clip or
         several of a video."""
@@ -246,7 +252,7 @@ class ClipDecoder:
                                  f"({self.height}, {self.width}, 3)")
         self._marks = _Marks()
         try:
-            stream, packets = self._packets_from_key(path, key_pts, key_dts, reopen_as)
+            stream, packets = self._packets_from_key(path, key_pts, key_dts, reopen)
             self._marks.opened = time.perf_counter()
             self._decode(path, stream, packets, frame_pts, _Places(outs, looks, rotation))
             self.last_stages = self._marks.stages()
@@ -258,7 +264,7 @@ class ClipDecoder:
             raise DecodeError(f"{path}: {type(exc).__name__}: {exc}") from None
 
     def _packets_from_key(self, path: str, key_pts: int, key_dts: int,
-                          reopen_as: str) -> tuple[Any, Iterator[Any]]:
+                          reopen: Reopen | None) -> tuple[Any, Iterator[Any]]:
         """(stream, packets) with the keyframe's packet first.
 
         Seeking by the keyframe's decode timestamp lands on it or before it in
@@ -266,14 +272,14 @@ class ClipDecoder:
         Then, and for UNSEEKABLE_FORMATS, the file is read from its start
         instead: slower, still exact.
         """
-        container, stream = self._container(path, reopen_as)
+        container, stream = self._container(path, reopen)
         if not set(container.format.name.split(",")) & UNSEEKABLE_FORMATS:
             container.seek(key_dts, stream=stream, backward=True, any_frame=False)
             packets = _from_key(container.demux(stream), key_pts, key_dts)
             if packets is not None:
                 return stream, packets
         self._forget(path)
-        container, stream = self._container(path, reopen_as)  # freshly opened: at the start
+        container, stream = self._container(path, reopen)  # freshly opened: at the start
         packets = _from_key(container.demux(stream), key_pts, key_dts)
         if packets is None:
             raise DecodeError(f"{path}: keyframe at pts {key_pts} not found: truncated or corrupt")

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import av
 import numpy as np
 
-from vidring.daemon.decode import reopen_format
+from vidring.daemon.decode import Reopen, reopen_format
 
 if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 9
+CACHE_FORMAT = 10
 # What an entry says (timestamps, edit lists, whether a file reopens unanalysed) is what
 # this FFmpeg's demuxers and decoders make of the file: another FFmpeg probes it again.
 _FFMPEG = f"{av.library_versions['libavformat']}{av.library_versions['libavcodec']}"
@@ -53,7 +53,14 @@ class VideoInfo:
     size: int = 0  # bytes and mtime of the file probed (0: not known)
     mtime_ns: int = 0
     codec: str = ""
-    reopen_as: str = ""  # decode.reopen_format's word: "mov", or "" to open it the plain way
+    # decode.reopen_format's word: the format to reopen the file as unanalysed ("": the plain
+    # way), and the decoder's reorder depth to set then.
+    reopen_as: str = ""
+    reorder_depth: int = 0
+
+    @property
+    def reopen(self) -> Reopen | None:
+        return Reopen(self.reopen_as, self.reorder_depth) if self.reopen_as else None
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -96,8 +103,8 @@ def probe(path: str | Path) -> VideoInfo:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
             # Read again, so a regular file's alone (a pipe is read once); before any decode.
-            reopen_as = (reopen_format(os.fsdecode(path), container)
-                         if stat.S_ISREG(st.st_mode) else "")
+            reopen = (reopen_format(os.fsdecode(path), container)
+                      if stat.S_ISREG(st.st_mode) else None)
             stream.codec_context.thread_type = "NONE"
             stream.codec_context.thread_count = 1
             rotation: int | None = None  # from the first decoded frame's display matrix
@@ -142,7 +149,7 @@ def probe(path: str | Path) -> VideoInfo:
         key_pts = np.concatenate([key_pts[:1], key_pts])
         dts = np.concatenate([dts[:1], dts])
     return VideoInfo(frame_pts, key_idx, key_pts, dts, width, height, time_base, rotation or 0,
-                     st.st_size, st.st_mtime_ns, codec, reopen_as)
+                     st.st_size, st.st_mtime_ns, codec, *(reopen or ("", 0)))
 
 
 def _rotation(packet: Any) -> int | None:
@@ -217,7 +224,8 @@ class ProbeCache:
             info = VideoInfo(pts, keys, key_pts, key_dts, int(data["width"]),
                              int(data["height"]), float(data["time_base"]),
                              int(data["rotation"]), int(data["size"]), int(data["mtime_ns"]),
-                             str(data["codec"]), str(data["reopen_as"]))
+                             str(data["codec"]), str(data["reopen_as"]),
+                             int(data["reorder_depth"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         finally:
@@ -235,7 +243,8 @@ class ProbeCache:
                 "key_pts": info.keyframe_pts.tolist(), "key_dts": info.keyframe_dts.tolist(),
                 "width": info.width, "height": info.height, "time_base": info.time_base,
                 "rotation": info.rotation, "size": info.size, "mtime_ns": info.mtime_ns,
-                "codec": info.codec, "reopen_as": info.reopen_as}))
+                "codec": info.codec, "reopen_as": info.reopen_as,
+                "reorder_depth": info.reorder_depth}))
         os.replace(tmp, entry)
 
     def get(self, path: str | Path) -> VideoInfo:

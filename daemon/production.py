@@ -88,7 +88,8 @@ class Production:
             task_id=job.task_id, slot=first.slot,
             path=os.fsencode(self._paths[first.choice.video_index]),
             clips=clips, key_pts=key_pts, key_dts=key_dts, rotation=info.rotation,
-            size=info.size, mtime_ns=info.mtime_ns, reopen_as=info.reopen_as))
+            size=info.size, mtime_ns=info.mtime_ns, reopen_as=info.reopen_as,
+            reorder_depth=info.reorder_depth))
 
     def path_of(self, task: Task) -> str:
         return self._paths[task.choice.video_index]

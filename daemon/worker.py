@@ -17,7 +17,7 @@ import sys
 import zmq
 
 from vidring.daemon.augment import Look
-from vidring.daemon.decode import ClipDecoder, DecodeError
+from vidring.daemon.decode import ClipDecoder, DecodeError, Reopen
 from vidring.daemon.frames import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from vidring.loader import protocol
 from vidring.loader.ring import Ring
@@ -115,8 +115,9 @@ def _do_task(decoder: ClipDecoder, ring: Ring, identity: str, task: protocol.Tas
         frame_pts = [pts for clip in task.clips for pts in clip.frame_pts]
         looks = [None if clip.box is None else Look(clip.box, clip.flip)
                  for clip in task.clips for _ in clip.frame_pts]
+        reopen = Reopen(task.reopen_as, task.reorder_depth) if task.reopen_as else None
         decoder.decode_frames(path, task.key_pts, task.key_dts, frame_pts, outs, looks,
-                              task.rotation, reopen_as=task.reopen_as)
+                              task.rotation, reopen=reopen)
     except DecodeError as exc:
         error = f"in decoder worker {identity}: {printable(str(exc))}"
     except Exception as exc:

@@ -166,7 +166,8 @@ class Task(Message, tag="task"):
     rotation: int = 0  # degrees counter-clockwise that turn the stored frames upright
     size: int = 0  # the file as probed: a file of another size or mtime was replaced
     mtime_ns: int = 0
-    reopen_as: str = ""  # its container format as probed ("": FFmpeg detects it)
+    reopen_as: str = ""  # the probe's decode.Reopen: "" to open the file the plain way
+    reorder_depth: int = 0
 
 
 class WorkerStop(Message, tag="worker_stop"):

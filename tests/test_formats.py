@@ -89,7 +89,6 @@ def test_random_clips_equal_a_sequential_decode(name: str, reopen: str, tmp_path
     reference = reference_decode(path, H, W)
     assert info.frames == len(reference)
     assert info.reopen_as == ("mov" if name in REOPENED else "")
-    reopen_as = info.reopen_as if reopen == "as probed" else ""
     decoder = ClipDecoder(H, W, max_open=1)  # reopened for every clip, each way
     rng = np.random.default_rng(0)
     other = tmp_path / "other.mp4"
@@ -100,7 +99,8 @@ def test_random_clips_equal_a_sequential_decode(name: str, reopen: str, tmp_path
         frames = sampler.clip_frames(start, len(reference), 8, stride)
         out = np.zeros((8, H, W, 3), np.uint8)
         decoder.decode_into(str(path), *info.seek_target(frames[0]),
-                            [int(info.frame_pts[f]) for f in frames], out, reopen_as=reopen_as)
+                            [int(info.frame_pts[f]) for f in frames], out,
+                            reopen=info.reopen if reopen == "as probed" else None)
         decoder.decode_into(str(other), 0, 0, [0], np.zeros((1, H, W, 3), np.uint8))
         np.testing.assert_array_equal(out, reference[frames],
                                       err_msg=f"{name}: start {start} stride {stride}")
@@ -149,7 +149,7 @@ def test_stream_copy_cuts_with_edit_lists_are_exact(tmp_path: Path, gop: int, n_
             key_pts, key_dts = info.seek_target(frames[0])
             decoder.decode_into(str(cut), key_pts, key_dts,
                                 [int(info.frame_pts[f]) for f in frames], out,
-                                reopen_as=info.reopen_as)
+                                reopen=info.reopen)
             np.testing.assert_array_equal(out, reference[frames], err_msg=f"start {start}")
     finally:
         decoder.close()

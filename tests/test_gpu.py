@@ -48,7 +48,7 @@ def test_nvdec_frames_equal_the_cpu_reference(video_dir: Path) -> None:
             out = np.zeros((6, *SIZE, 3), np.uint8)
             decoder.decode_into(str(path), *info.seek_target(start),
                                 [int(info.frame_pts[f]) for f in frames], out,
-                                reopen_as=info.reopen_as)  # as the workers open it
+                                reopen=info.reopen)  # as the workers open it
             np.testing.assert_array_equal(out, ref[frames], err_msg=f"{name} from {start}")
     decoder.close()
 
