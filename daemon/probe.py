@@ -102,6 +102,8 @@ def probe(path: str | Path) -> VideoInfo:
             if not container.streams.video:
                 raise ProbeError(f"{path}: no video stream")
             stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise ProbeError(f"{path}: this FFmpeg has no decoder for its video codec")
             # Read again, so a regular file's alone (a pipe is read once); before any decode.
             reopen = (reopen_format(os.fsdecode(path), container)
                       if stat.S_ISREG(st.st_mode) else None)
