@@ -23,8 +23,9 @@ Not taken: skipping every B-frame of the pre-roll, not only the non-reference
 ones.  An H.264 B-frame may be a reference (libx264's default pyramid); whether
 a later frame reads a skipped one depends on every slice's reference lists and
 on how FFmpeg fills the frame_num gap a skipped reference leaves, which no probe
-of the headers proves.  It was exact on libx264 `veryfast` files and a quarter
-cheaper there, but only 20 of 200 clips matched at libx264's defaults.
+of the headers proves.  Skipping every B-frame before the clip cut a 640x360
+clip's CPU by a third, but left 5 of 160 random clips exact; at GOP 16 it would
+save 6% even so.
 """
 
 from __future__ import annotations

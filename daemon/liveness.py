@@ -42,9 +42,8 @@ class DecodeTimes:
         self._unsummarised += 1
         # The percentile costs more than the rest of a clip's bookkeeping: once there are
         # enough samples, then every few clips.
-        enough = len(self._recent) >= MIN_SAMPLES
-        if enough and (self._unsummarised >= _SUMMARISE_EVERY
-                       or len(self._recent) == MIN_SAMPLES):
+        seen = len(self._recent)
+        if seen == MIN_SAMPLES or (seen > MIN_SAMPLES and self._unsummarised >= _SUMMARISE_EVERY):
             self._unsummarised = 0
             p99 = float(np.percentile(np.fromiter(self._recent, float), 99))
             self._per_clip_s = min(self._cap_s, max(MIN_STALL_S, STALL_FACTOR * p99))
