@@ -262,6 +262,7 @@ class Scale(Command["Scale.Request"]):
     class Reply(protocol.Body):
         target: int
         previous: int
+        capped: bool = False  # more were asked for than --max-workers allows
 
     Request.reply_type = Reply
     request = Request
@@ -269,10 +270,11 @@ class Scale(Command["Scale.Request"]):
 
     def handle(self, daemon: Daemon, identity: bytes, req: Scale.Request) -> Any:
         current = daemon.pool.target
-        target = req.workers if req.workers is not None else current + req.delta
-        target = min(max(target, 0), protocol.MAX_WORKERS)
-        previous = daemon.scale(target, "asked by `vidring scale`")
-        return self.Reply(target=target, previous=previous)
+        asked = req.workers if req.workers is not None else current + req.delta
+        asked = min(max(asked, 0), protocol.MAX_WORKERS)
+        previous = daemon.scale(asked, "asked by `vidring scale`")
+        target = daemon.pool.target
+        return self.Reply(target=target, previous=previous, capped=target < asked)
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("workers", help="the new worker count N, or +K / -K more or fewer")
@@ -288,12 +290,13 @@ class Scale(Command["Scale.Request"]):
         return self.Request(workers=number)
 
     def render(self, reply: Scale.Reply, args: argparse.Namespace) -> str:
-        return f"{args.name}: workers {reply.previous} -> {reply.target}"
+        capped = " (the most its --max-workers allows)" if reply.capped else ""
+        return f"{args.name}: workers {reply.previous} -> {reply.target}{capped}"
 
 
 @command
 class Stop(Command["Stop.Request"]):
-    """Stop a pipeline: its workers exit and its ring is unlinked (NOTE [ shutdown ])."""
+    """Stop a pipeline: its workers exit and its ring is unlinked."""
 
     class Request(protocol.Request, tag="stop"):
         reply_type = protocol.Empty

@@ -34,8 +34,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+MAX_WORKERS_PER_CORE = 4
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_max_workers() -> int:
+    """Four per usable core: decoding is CPU-bound, so more only adds memory (each worker
+    is a Python process with FFmpeg loaded) and start-up time."""
+    return min(MAX_WORKERS, MAX_WORKERS_PER_CORE * default_workers())
 
 
 def workers_setting(value: Any) -> int:
@@ -67,6 +76,9 @@ class ServeConfig:
     workers: int = field(metadata=_flag(
         "decoder processes, or auto: one per core but one for the trainer (default: the "
         "cores)"))
+    max_workers: int | None = field(default=None, metadata=_flag(
+        "the most workers --workers, vidring scale and --autoscale may run (default: 4 per "
+        "core)", type=int))
     slots: int = field(default=4, metadata=_flag("batches the ring holds (default 4)", type=int))
     seed: int = field(default=0, metadata=_flag("seed of the epoch plan (default 0)", type=int))
     dtype: str = field(default="uint8", metadata=_flag("element type of x (default uint8)",
@@ -152,6 +164,11 @@ class ServeConfig:
                               f"{self.worker_max_clips!r}")
         if not isinstance(self.workers, int) or not 0 <= self.workers <= MAX_WORKERS:
             raise ConfigError(f"workers: must be 0..{MAX_WORKERS}, got {self.workers!r}")
+        if self.max_workers is not None and (
+                not isinstance(self.max_workers, int) or isinstance(self.max_workers, bool)
+                or not 1 <= self.max_workers <= MAX_WORKERS):
+            raise ConfigError(f"max_workers: must be 1..{MAX_WORKERS}, got "
+                              f"{self.max_workers!r}")
         if self.slots < 2:
             raise ConfigError("slots: need at least 2 (one leased, one filling)")
         if self.dtype not in DTYPES:

@@ -62,6 +62,9 @@ START_TIMEOUT_S = 60.0
 # After the n-th failed start in a row, wait RESPAWN_BACKOFF_S * 2**(n-1) before the next.
 RESPAWN_BACKOFF_S = 1.0
 MAX_FAILED_STARTS = 5
+# Processes started per tick: each start is a fork and exec that holds up the loop, so a
+# scale to hundreds must not leave the daemon deaf to commands and SIGTERM for seconds.
+STARTS_PER_TICK = 4
 _IN_FLIGHT = frozenset({WorkerState.BUSY, WorkerState.STARTING, WorkerState.STOPPING})
 # Messages handled per socket per turn of the loop, so a flood on one cannot starve the other.
 DRAIN_LIMIT = 1000
@@ -69,10 +72,12 @@ DRAIN_LIMIT = 1000
 
 class WorkerPool:
     def __init__(self, socket: zmq.Socket[Any], starter: Starter, target: int, *,
-                 task_timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+                 task_timeout_s: float, max_workers: int = protocol.MAX_WORKERS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.socket = socket
         self._starter = starter
-        self._target = target
+        self.max_workers = max_workers
+        self._target = self._capped(target)
         self.decode_times = DecodeTimes(task_timeout_s)
         self._clock = clock
         self._workers: dict[int, Worker] = {}
@@ -95,8 +100,10 @@ class WorkerPool:
         return [w for w in self._workers.values() if w.state == WorkerState.IDLE]
 
     def in_flight(self) -> bool:
-        """Whether any worker decodes, starts or stops (the loop then ticks fast)."""
-        return any(w.state in _IN_FLIGHT for w in self._workers.values())
+        """Whether any worker decodes, starts or stops, or is yet to be started (the loop
+        then ticks fast)."""
+        return (any(w.state in _IN_FLIGHT for w in self._workers.values())
+                or len(self._counted()) < self._target)
 
     def alive(self) -> int:
         return sum(w.proc is not None for w in self._workers.values())
@@ -113,8 +120,9 @@ class WorkerPool:
     # -- commands -----------------------------------------------------------------
 
     def set_target(self, target: int) -> int:
-        """Change the worker count (reconcile() acts on it); returns the previous target."""
-        previous, self._target = self._target, target
+        """Change the worker count (reconcile() acts on it), at most max_workers; returns
+        the previous target."""
+        previous, self._target = self._target, self._capped(target)
         now = self._clock()
         for worker in self._workers.values():
             if worker.state == WorkerState.FATAL:
@@ -122,6 +130,12 @@ class WorkerPool:
                 worker.failed_starts = 0
                 worker.deadline = now
         return previous
+
+    def _capped(self, target: int) -> int:
+        if target > self.max_workers:
+            log.warning("%d workers asked for: running %d, the most --max-workers allows",
+                        target, self.max_workers)
+        return min(target, self.max_workers)
 
     def takers(self) -> list[Worker]:
         """Workers that can take a job now: the idle ones first, then busy ones with none
@@ -215,10 +229,9 @@ class WorkerPool:
         now = self._clock()
         lost = self._reap(now) + self._kill_stalled(now)
         self._check_idle(now)
-        # A worker killed to be replaced still counts: it comes back when reaped.
-        counted = [w for w in self._workers.values()
-                   if w.state != WorkerState.STOPPING or w.respawn]
-        for _ in range(self._target - len(counted)):
+        counted = self._counted()
+        starts = max(0, min(self._target - len(counted), STARTS_PER_TICK))
+        for _ in range(starts):
             worker = Worker(self._next_id)
             self._next_id += 1
             self._workers[worker.worker_id] = worker
@@ -235,7 +248,9 @@ class WorkerPool:
             if now < worker.deadline:
                 continue
             if worker.state == WorkerState.BACKOFF:
-                self._start(worker, now)  # BACKOFF -> STARTING
+                if starts < STARTS_PER_TICK:
+                    starts += 1
+                    self._start(worker, now)  # BACKOFF -> STARTING
             elif worker.state == WorkerState.STARTING:
                 log.warning("decoder worker %d not ready after %g s: killing it",
                             worker.worker_id, START_TIMEOUT_S)
@@ -245,6 +260,12 @@ class WorkerPool:
                 self._signal(worker, signal.SIGKILL if worker.signals_sent else signal.SIGTERM,
                              now)
         return lost
+
+    def _counted(self) -> list[Worker]:
+        """The workers that count towards the target; one killed to be replaced still
+        counts: it comes back when reaped."""
+        return [w for w in self._workers.values()
+                if w.state != WorkerState.STOPPING or w.respawn]
 
     def _start(self, worker: Worker, now: float) -> None:
         worker.generation += 1

@@ -107,7 +107,9 @@ class Daemon:
         self._autoscaler: Autoscaler | None = None
         self._meter: Meter | None = None
         if parts.config.autoscale:
-            self._autoscaler = Autoscaler(*parse_range(parts.config.autoscale))
+            least, most = parse_range(parts.config.autoscale)
+            cap = parts.pool.max_workers
+            self._autoscaler = Autoscaler(min(least, cap), min(most, cap))
             self._meter = Meter(clock(), _idle_cores)
         self.telemetry = parts.telemetry
         self._clock = clock
@@ -293,6 +295,7 @@ class Daemon:
     def scale(self, target: int, reason: str) -> int:
         """Set the worker target (a command or the autoscaler); returns the previous one."""
         previous = self.pool.set_target(target)
+        target = self.pool.target
         self._reconciled_at = -_RECONCILE_S  # act on it this tick
         if previous != target:
             log.info("scale: %d -> %d workers (%s)", previous, target, reason)

@@ -34,6 +34,7 @@ from rich.progress import (
 from rich.text import Text
 
 from vidring.daemon import sampler
+from vidring.daemon.config import default_max_workers
 from vidring.daemon.decode import cuda_unavailable
 from vidring.daemon.faults import FaultLedger
 from vidring.daemon.manifest import Manifest, load_manifest
@@ -115,7 +116,8 @@ def build(config: ServeConfig, stop: threading.Event, notifier: Notifier) -> Dae
         decode = decoder_to_use(config)
         pool = WorkerPool(work, python_starter(runtime.work_endpoint, ring.name, ring.ring_id,
                                                config, decode),
-                          config.workers, task_timeout_s=config.task_timeout_s)
+                          config.workers, task_timeout_s=config.task_timeout_s,
+                          max_workers=config.max_workers or default_max_workers())
         stack.callback(pool.shutdown)
         resources = stack.pop_all()  # the daemon's from here: NOTE [ shutdown ] closes it
     try:

@@ -62,6 +62,17 @@ def test_relative_scaling_and_auto_workers(daemons: Daemons, manifest: Path) -> 
     assert status(auto).workers.target == max(1, default_workers() - 1)
 
 
+def test_a_scale_past_max_workers_is_capped_and_the_daemon_answers(
+        daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2, extra=["--max-workers", "3"])
+    capped = cli("scale", name, "1000")
+    assert capped.returncode == 0
+    assert "workers 1 -> 3 (the most its --max-workers allows)" in capped.stdout
+    wait_until(lambda: status(name).workers.idle == 3, 30, "three idle workers")
+    assert status(name).workers.alive == 3
+    assert "workers 3 -> 2\n" in cli("scale", name, "2").stdout  # no note when not capped
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

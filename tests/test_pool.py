@@ -60,7 +60,7 @@ class FakeSocket:
 
 class Harness:
     def __init__(self, target: int, *, obeys: frozenset[int] = frozenset({signal.SIGKILL}),
-                 fail_spawns: int = 0) -> None:
+                 fail_spawns: int = 0, max_workers: int = protocol.MAX_WORKERS) -> None:
         self.clock = FakeClock()
         self.socket = FakeSocket()
         self.procs: list[FakeProcess] = []
@@ -68,7 +68,7 @@ class Harness:
         self.obeys = obeys
         self.fail_spawns = fail_spawns
         self.pool = WorkerPool(self.socket, self.start, target,  # type: ignore[arg-type]
-                               task_timeout_s=10.0, clock=self.clock)
+                               task_timeout_s=10.0, max_workers=max_workers, clock=self.clock)
 
     def start(self, identity: bytes) -> FakeProcess:
         if self.fail_spawns:
@@ -129,6 +129,48 @@ def test_workers_start_become_idle_and_take_tasks() -> None:
     (done,) = h.pool.handle(worker.identity, protocol.encode(protocol.TaskDone(task_id=1)))
     assert (done.job, done.error) == (task, "")
     assert worker.state == WorkerState.IDLE
+
+
+def test_a_large_scale_starts_a_few_workers_per_tick() -> None:
+    """Each start holds up the loop: a scale to hundreds must leave it answering."""
+    h = Harness(0)
+    h.pool.set_target(30)
+    started = []
+    while len(h.procs) < 30:
+        assert h.pool.in_flight()  # the loop keeps ticking fast until all are started
+        before = len(h.procs)
+        h.tick()
+        started.append(len(h.procs) - before)
+    assert max(started) == pool_mod.STARTS_PER_TICK
+    assert sum(started) == 30 and h.pool.counts().starting == 30
+    h.tick()
+    assert len(h.procs) == 30
+
+
+def test_restarts_after_back_off_share_the_starts_of_a_tick() -> None:
+    h = Harness(10)
+    while len(h.procs) < 10:
+        h.tick()
+    for proc in h.procs:
+        proc.returncode = 1  # all crash at once, soon after their start: back-off
+    h.tick()
+    assert h.pool.counts().backoff == 10
+    h.tick(pool_mod.RESPAWN_BACKOFF_S)
+    assert h.pool.counts().starting == pool_mod.STARTS_PER_TICK
+    while h.pool.counts().starting < 10:
+        h.tick()
+    assert len(h.procs) == 20
+
+
+def test_the_target_is_capped_at_max_workers() -> None:
+    h = Harness(12, max_workers=3)
+    assert h.pool.target == 3
+    assert h.pool.set_target(1000) == 3 and h.pool.target == 3
+    for _ in range(3):
+        h.tick()
+    assert len(h.procs) == 3
+    h.pool.set_target(2)
+    assert h.pool.target == 2
 
 
 def test_a_crash_loop_backs_off_then_goes_fatal() -> None:
