@@ -142,7 +142,8 @@ def test_a_large_scale_starts_a_few_workers_per_tick() -> None:
         h.tick()
         started.append(len(h.procs) - before)
     assert max(started) == pool_mod.STARTS_PER_TICK
-    assert sum(started) == 30 and h.pool.counts().starting == 30
+    assert sum(started) == 30
+    assert h.pool.counts().starting == 30
     h.tick()
     assert len(h.procs) == 30
 
@@ -165,7 +166,8 @@ def test_restarts_after_back_off_share_the_starts_of_a_tick() -> None:
 def test_the_target_is_capped_at_max_workers() -> None:
     h = Harness(12, max_workers=3)
     assert h.pool.target == 3
-    assert h.pool.set_target(1000) == 3 and h.pool.target == 3
+    assert h.pool.set_target(1000) == 3
+    assert h.pool.target == 3
     for _ in range(3):
         h.tick()
     assert len(h.procs) == 3
