@@ -1,7 +1,10 @@
 """The dataset: a CSV / JSONL manifest or a class-per-folder tree -> rows.
 
 CSV: ``path,label[,start,end[,weight]]`` per line, or any of those columns in
-any order under a header line naming them.  JSONL: one object per line with
+any order under a header line naming them.  A first line that names any column
+is the header (an unknown name in it is an error); one that names none is data,
+and its path must look like a video (a known suffix, or a file that is there),
+so that a misspelt header is not read as a video.  JSONL: one object per line with
 the same keys.  A relative path is relative to the manifest's folder.
 `start` and `end` (seconds from the video's first frame, either may be left
 out) bound the clips of that row to a segment of its video; `weight` (>= 0,
@@ -82,10 +85,13 @@ def _from_csv(src: Path) -> Manifest:
             where = f"manifest {src}, line {lineno}"
             if not record or all(not cell.strip() for cell in record):
                 continue
-            if columns is None and not rows and "path" in [c.strip().lower() for c in record]:
-                columns = _header([c.strip().lower() for c in record], where)
-                weighted = "weight" in columns
-                continue
+            if columns is None and not rows:
+                names = [c.strip().lower() for c in record]
+                if set(names) & set(COLUMNS):
+                    columns = _header(names, where)
+                    weighted = "weight" in columns
+                    continue
+                _check_first_path(record[0], src.parent, where)
             if columns is not None:
                 if len(record) != len(columns):
                     raise ManifestError(f"{where}: expected {len(columns)} fields "
@@ -100,6 +106,16 @@ def _from_csv(src: Path) -> Manifest:
                                     f"line naming the columns; got {len(record)}")
             rows.append(_row(cells, src.parent, where))
     return Manifest(src, tuple(rows), weighted=weighted)
+
+
+def _check_first_path(cell: str, base: Path, where: str) -> None:
+    """A first line that names no column is data, so its path must look like a video:
+    else a misspelt header ('file,label') would become a missing video, and its label a
+    class of its own."""
+    path = Path(cell.strip()).expanduser()
+    if path.suffix.lower() not in VIDEO_SUFFIXES and not (base / path).exists():
+        raise ManifestError(f"{where}: {cell.strip()!r} is neither a video file nor a header "
+                            f"naming the columns ({', '.join(COLUMNS)})")
 
 
 def _text(src: Path) -> str:

@@ -23,6 +23,9 @@ def test_csv_without_header(tmp_path: Path) -> None:
     csv = tmp_path / "m.csv"
     csv.write_text("a.mp4,1\n")
     assert targets(load_manifest(csv)).y.tolist() == [1]
+    (tmp_path / "clip-0001").touch()  # a video without a suffix, known by being there
+    csv.write_text("clip-0001,0\nb.mp4,1\n")
+    assert [r.path.name for r in load_manifest(csv).rows] == ["clip-0001", "b.mp4"]
 
 
 @pytest.mark.parametrize(
@@ -34,6 +37,9 @@ def test_csv_without_header(tmp_path: Path) -> None:
         ("path,label\na.mp4,\n", r"line 2: field 'label' is empty"),
         ("path,label\na.mp4,cat;dog\n", r"line 2: field 'label' 'cat;dog' holds several"),
         ("path,label,size\na.mp4,1,3\n", r"line 1: unknown column 'size'"),
+        ("file,label\na.mp4,1\n", r"line 1: unknown column 'file'"),
+        ("filename,class\na.mp4,1\n", r"line 1: 'filename' is neither a video file nor a "
+                                       r"header naming the columns \(path, label"),
         ("path,label,weight\na.mp4,1,-2\n", r"line 2: field 'weight' must be a number >= 0"),
         ("path,label,weight\na.mp4,1,heavy\n", r"line 2: field 'weight' must be a number"),
         ("path,label\n", "no videos"),

@@ -56,7 +56,7 @@ def test_multi_hot_csv_and_jsonl_agree(tmp_path: Path) -> None:
 
 
 def test_regression_rows_of_one_width(tmp_path: Path) -> None:
-    t = targets(load_manifest(_csv(tmp_path, "a,0.5;1\nb,-2;3e-1\n")), "regression")
+    t = targets(load_manifest(_csv(tmp_path, "a.mp4,0.5;1\nb.mp4,-2;3e-1\n")), "regression")
     assert t.y.dtype == np.float32
     np.testing.assert_allclose(t.y, [[0.5, 1.0], [-2.0, 0.3]])
     t = targets(load_manifest(_jsonl(tmp_path, '{"path": "a", "label": 1.5}')), "regression")
@@ -71,7 +71,7 @@ def test_weights_from_a_column_or_a_key(tmp_path: Path) -> None:
                              '{"path": "b", "label": 0}'))
     assert m.weighted
     assert targets(m).weights.tolist() == [0.0, 1.0]
-    assert not load_manifest(_csv(tmp_path, "a,1\n")).weighted
+    assert not load_manifest(_csv(tmp_path, "a.mp4,1\n")).weighted
 
 
 @pytest.mark.parametrize(
