@@ -53,9 +53,11 @@ class Metrics:
             registry=reg, labelnames=["pipeline"], buckets=_DECODE_BUCKETS).labels(**labels)
         self._seen = {"clips": 0, "errors": 0, "restarts": 0, "spills": 0}
 
-    def serve(self, port: int, address: str) -> None:
-        """Start the HTTP endpoint in a daemon thread (prometheus_client's own)."""
-        start_http_server(port, addr=address, registry=self.registry)
+    def serve(self, port: int, address: str) -> int:
+        """Start the HTTP endpoint in a daemon thread (prometheus_client's own); returns
+        the port it listens on (the one the kernel chose, for port 0)."""
+        server, _ = start_http_server(port, addr=address, registry=self.registry)
+        return int(server.server_port)
 
     def update(self, daemon: Daemon) -> None:
         errors = daemon.faults.summary()

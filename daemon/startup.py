@@ -237,11 +237,11 @@ def _metrics(config: ServeConfig) -> Metrics | None:
         return None
     metrics = Metrics(config.name)
     try:
-        metrics.serve(config.metrics_port, config.metrics_address)
+        port = metrics.serve(config.metrics_port, config.metrics_address)
     except OSError as exc:
         raise StartupError(f"metrics on {config.metrics_address}:{config.metrics_port}: "
                            f"{exc.strerror or exc}") from None
-    log.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
+    log.info("metrics on http://%s:%d/metrics", config.metrics_address, port)
     return metrics
 
 

@@ -5,6 +5,7 @@ Fixtures that use them live in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
@@ -132,15 +133,19 @@ class Daemons:
     def start(self, manifest: Path | str, *, name: str | None = None, batch_size: int = 4,
               clip_length: int = CLIP, size: tuple[int, int] = SIZE, workers: int = 2,
               slots: int = 4, seed: int = 0, dtype: str = "uint8",
-              extra: list[str] | None = None, env: dict[str, str] | None = None) -> str:
+              extra: list[str] | None = None, env: dict[str, str] | None = None,
+              log: Path | None = None) -> str:
+        """`log`: where the daemon's log (its stderr) goes; the test's own stderr if None."""
         name = name or f"t{os.getpid()}-{next(_names)}"
         args = ["--manifest", str(manifest), "--batch-size", str(batch_size),
                 "--clip-length", str(clip_length), "--size", f"{size[0]}x{size[1]}",
                 "--workers", str(workers), "--slots", str(slots), "--seed", str(seed),
                 "--dtype", dtype, "--probe-cache", str(self.probe_cache), "--log-level", "warning",
                 *(extra or [])]
-        self.running[name] = start_daemon(name, args, timeout_s=60,
-                                          env=None if env is None else {**os.environ, **env})
+        with contextlib.ExitStack() as stack:
+            stderr = None if log is None else stack.enter_context(log.open("ab"))
+            self.running[name] = start_daemon(name, args, timeout_s=60, stderr=stderr,
+                                              env=None if env is None else {**os.environ, **env})
         return name
 
     def pid(self, name: str) -> int:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-import socket
+import re
 import tomllib
 import urllib.request
 from typing import TYPE_CHECKING
@@ -73,15 +73,16 @@ def test_a_scale_past_max_workers_is_capped_and_the_daemon_answers(
     assert "workers 3 -> 2\n" in cli("scale", name, "2").stdout  # no note when not capped
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_prometheus_metrics_from_a_real_daemon(daemons: Daemons, manifest: Path) -> None:
-    port = _free_port()
-    name = daemons.start(manifest, workers=2, slots=2, extra=["--metrics-port", str(port)])
+def test_prometheus_metrics_from_a_real_daemon(daemons: Daemons, manifest: Path,
+                                               tmp_path: Path) -> None:
+    log = tmp_path / "daemon.log"
+    name = daemons.start(manifest, workers=2, slots=2, extra=["--metrics-port", "0",
+                                                              "--log-level", "info"], log=log)
+    # Port 0: the kernel picks one, and the log names the one it picked.
+    logged = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log.read_text())
+    assert logged, log.read_text()
+    port = int(logged.group(1))
+    assert port != 0
     with ClipDataset(name) as ds:
         for i in range(len(ds)):
             ds[i]
