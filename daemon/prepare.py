@@ -6,11 +6,13 @@ decoded per 16 kept at GOP 250.  The training copy is cut for the loader instead
   a GOP after its keyframe and frames leave the decoder as they go in;
 - libx264's `fastdecode` tune (no CABAC, no deblocking): cheaper to decode;
 - the training resolution with a margin for crops (`--short-side S`, default 160, the
-  aspect kept), turned upright, at `--crf` quality (default 20);
+  aspect kept, never larger than the source), turned upright, at `--crf` quality
+  (default 20);
 - the same frames at the same timestamps, so a manifest's `start`/`end` still hold.
 Files are encoded in `--workers` processes with a progress bar.  Each is written to a
 `.partial` name and renamed when complete, so an interrupted run resumes where it stopped
-and files already done are skipped.  The new manifest (DIR/manifest.csv or .jsonl, the
+and files already done are skipped; DIR/prepare.json records the settings, and a run into
+DIR with others is refused rather than keep old copies.  The new manifest (DIR/manifest.csv or .jsonl, the
 labels, segments and weights unchanged) is written last.  The report gives the disk size,
 the decode CPU per clip before and after (timed here), and the copy's fidelity: PSNR
 against the source resized to the same size.
@@ -19,6 +21,7 @@ against the source resized to the same size.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
 _PSNR_FRAMES = 8  # frames compared per file for the fidelity figure
 _TIMED_CLIPS = 8
+RECIPE_FILE = "prepare.json"  # DIR's recipe: a rerun must ask for the same one
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +82,7 @@ def encode_copy(src: str, dst: str, recipe: Recipe) -> tuple[str, float]:
         stream_in.codec_context.thread_count = 1
         up_h, up_w = _upright(stream_in.codec_context.height, stream_in.codec_context.width,
                               rotation)
-        scale = recipe.short_side / min(up_h, up_w)
+        scale = min(1.0, recipe.short_side / min(up_h, up_w))  # never larger than the source
         height, width = _even(up_h * scale), _even(up_w * scale)
         stream = out.add_stream("libx264", rate=stream_in.average_rate or 30)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
@@ -139,6 +143,7 @@ def prepare(manifest_path: str | Path, out: str | Path, recipe: Recipe, *,
     manifest = load_manifest(manifest_path)
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    _claim(out, recipe)
     targets = [str(out / output_name(row, i, manifest)) for i, row in enumerate(manifest.rows)]
     todo = [(str(row.path), dst, recipe) for row, dst in zip(manifest.rows, targets, strict=True)
             if not os.path.exists(dst)]
@@ -169,6 +174,27 @@ def prepare(manifest_path: str | Path, out: str | Path, recipe: Recipe, *,
         "decode_ms_per_clip_before": _clip_cost([s for s, _ in done]),
         "decode_ms_per_clip_after": _clip_cost([t for _, t in done]),
     }
+
+
+def _claim(out: Path, recipe: Recipe) -> None:
+    """Record DIR's recipe, or check that this run asks for the one DIR was made with: a
+    file already done is skipped, so another recipe would silently keep the old copies."""
+    path = out / RECIPE_FILE
+    wanted = dataclasses.asdict(recipe)
+    if not path.exists():
+        path.write_text(json.dumps(wanted) + "\n")
+        return
+    try:
+        made = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"prepare: {path} is not the JSON prepare writes; remove it if {out} "
+                         "holds no copies") from None
+    if made != wanted:
+        flag = {"short_side": "--short-side", "gop": "--gop", "crf": "--crf"}
+        differ = [f"{flag[k]} {made.get(k)} (this run: {v})" for k, v in wanted.items()
+                  if made.get(k) != v]
+        raise ValueError(f"prepare: {out} holds copies made with {', '.join(differ)}; use "
+                         f"another --out, or the same settings to resume")
 
 
 def _write_manifest(manifest: Manifest, out: Path, targets: list[Path]) -> Path:
@@ -222,11 +248,22 @@ def render(report: dict[str, Any]) -> str:
         f"prepared {report['encoded']} videos in {report['seconds']} s "
         f"({report['skipped']} already done, {len(report['failed'])} failed)",
         f"manifest      {report['manifest']} ({report['rows_written']} rows)",
-        f"disk          {before / 2**20:.1f} MiB -> {after / 2**20:.1f} MiB",
+        f"disk          {_size(before)} -> {_size(after)}",
         f"decode        {cost_before} -> {cost_after} ms of CPU per 16-frame clip"
-        + (f" ({cost_before / cost_after:.1f}x faster)" if cost_after else ""),
+        + _speedup(cost_before, cost_after),
         f"fidelity      PSNR {report['psnr_db']} dB against the source at the copy's size"
         if report["psnr_db"] is not None else "fidelity      - (nothing encoded this run)",
     ]
     lines += [f"  failed: {f}" for f in report["failed"]]
     return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _speedup(before: float, after: float) -> str:
+    if not before or not after:
+        return ""
+    return (f" ({before / after:.1f}x faster)" if before >= after
+            else f" ({after / before:.1f}x slower)")

@@ -57,6 +57,15 @@ def test_prepare_writes_short_gop_copies_and_their_manifest(video_dir: Path,
     assert again.returncode == 0, again.stderr
     assert "prepared 0 videos" in again.stdout
     assert "4 already done" in again.stdout
+    other = cli("prepare", str(manifest), "--out", str(out), "--short-side", "24", "--gop", "4")
+    assert other.returncode == 2
+    assert f"{out} holds copies made with --short-side 32 (this run: 24)" in other.stderr
+    bigger = cli("prepare", str(manifest), "--out", str(tmp_path / "big"), "--short-side",
+                 "4096", "--gop", "4", timeout_s=120)
+    assert bigger.returncode == 0, bigger.stderr
+    for before in old.rows:  # a copy is never larger than its source
+        a, b = probe(before.path), probe(tmp_path / "big" / before.path.name)
+        assert (b.width, b.height) == (a.width, a.height)
 
 
 def test_a_killed_prepare_resumes(video_dir: Path, tmp_path: Path) -> None:
