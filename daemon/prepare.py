@@ -13,9 +13,9 @@ Files are encoded in `--workers` processes with a progress bar.  Each is written
 `.partial` name and renamed when complete, so an interrupted run resumes where it stopped
 and files already done are skipped; DIR/prepare.json records the settings, and a run into
 DIR with others is refused rather than keep old copies.  The new manifest
-(DIR/manifest.csv or .jsonl, the labels, segments and weights unchanged) is written last.  The report gives the disk size,
-the decode CPU per clip before and after (timed here), and the copy's fidelity: PSNR
-against the source resized to the same size.
+(DIR/manifest.csv or .jsonl, the labels, segments and weights unchanged) is written last.
+The report gives the disk size, the decode CPU per clip before and after (timed here), and
+the copy's fidelity: PSNR against the source resized to the same size.
 """
 
 from __future__ import annotations
