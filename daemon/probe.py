@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import threading
     from collections.abc import Callable, Iterable, Iterator
 
-CACHE_FORMAT = 10
+CACHE_FORMAT = 11
 # What an entry says (timestamps, edit lists, whether a file reopens unanalysed) is what
 # this FFmpeg's demuxers and decoders make of the file: another FFmpeg probes it again.
 _FFMPEG = f"{av.library_versions['libavformat']}{av.library_versions['libavcodec']}"
@@ -113,9 +113,11 @@ def probe(path: str | Path) -> VideoInfo:
             pts: list[int] = []
             dts_of: dict[int, int] = {}  # pts -> dts
             key_pts_flagged: list[int] = []
+            cut_short = False
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue  # end-of-stream marker
+                cut_short = packet.is_corrupt
                 if packet.pts is None:
                     raise ProbeError(f"{path}: packet without a timestamp; remux the file")
                 dts_of[packet.pts] = packet.dts if packet.dts is not None else packet.pts
@@ -127,13 +129,20 @@ def probe(path: str | Path) -> VideoInfo:
                     pts.append(packet.pts)  # a frame that is presented
                 if rotation is None:
                     rotation = _rotation(packet)
+            if cut_short:
+                # An interrupted copy: its last frame cannot decode, nor can any clip
+                # that reaches it; said here rather than as failed clips mid-epoch.
+                raise ProbeError(f"{path}: truncated: the file ends inside its last frame; "
+                                 "copy it again")
             width, height = stream.codec_context.width, stream.codec_context.height
             codec = stream.codec_context.name
             time_base = float(stream.time_base) if stream.time_base else 0.0
     except ProbeError:
         raise
     except (av.FFmpegError, OSError) as exc:
-        raise ProbeError(f"{path}: cannot read video ({type(exc).__name__}: {exc})") from None
+        # strerror: str(exc) names the file again.
+        raise ProbeError(f"{path}: cannot read video ({type(exc).__name__}: "
+                         f"{getattr(exc, 'strerror', None) or exc})") from None
     if not pts:
         raise ProbeError(f"{path}: video stream has no frames")
     frame_pts = np.unique(np.asarray(pts, dtype=np.int64))
@@ -174,10 +183,11 @@ _CANCEL_POLL_S = 0.1
 
 
 def _probe_or_reason(path: str) -> VideoInfo | str:
+    """The info, or why not without the path (whoever shows it names the file)."""
     try:
         return probe(path)
     except ProbeError as exc:
-        return str(exc)
+        return str(exc).removeprefix(f"{path}: ")
 
 
 class ProbeCache:
@@ -252,13 +262,13 @@ class ProbeCache:
     def get(self, path: str | Path) -> VideoInfo:
         result = self.get_many([path], processes=1)[0]
         if isinstance(result, str):
-            raise ProbeError(result)
+            raise ProbeError(f"{path}: {result}")
         return result
 
     def get_many(self, paths: list[str | Path], *, processes: int,
                  progress: Callable[[int], None] = lambda _done: None,
                  cancel: threading.Event | None = None) -> list[VideoInfo | str]:
-        """Each video's info, or the reason it cannot be probed; uncached videos are
+        """Each video's info, or why it cannot be probed (not naming it); uncached videos are
         probed in `processes` processes when there are many (a cold start of a big set).
         `progress(done)` is told how many are known so far; `cancel` ends a parallel probe
         (ProbeCancelled), killing its processes."""
@@ -268,7 +278,7 @@ class ProbeCache:
             try:
                 entries[i] = entry = self._entry(path)
             except OSError as exc:
-                results[i] = f"{path}: {exc.strerror}"
+                results[i] = exc.strerror or str(exc)
                 continue
             results[i] = self._load(entry)
         todo = [i for i in entries if results[i] is None]

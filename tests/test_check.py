@@ -8,6 +8,8 @@ import os
 import shutil
 from typing import TYPE_CHECKING
 
+import av
+
 from tests.support import cli
 
 if TYPE_CHECKING:
@@ -67,3 +69,28 @@ def test_check_counts_the_files_that_reopen_unanalysed(video_dir: Path, tmp_path
     assert "reopening     1 of 2 open without" in cli(*args).stdout
     report = json.loads(cli(*args, "--json").stdout)
     assert (report["reopen_unanalysed"], report["probed"]) == (1, 2)
+
+
+def test_check_names_a_truncated_file_once(video_dir: Path, tmp_path: Path) -> None:
+    """An interrupted copy of an MP4 with its index first probes as far as its data goes;
+    its last frame, cut short, must make it a bad file here, not a failed clip mid-epoch."""
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(video_dir / "v00.mp4")) as src, \
+            av.open(str(whole), "w", format="mp4", options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.size:
+                packet.stream = out
+                dst.mux(packet)
+    with av.open(str(whole)) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+    middle = packets[len(packets) // 2]
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: middle.pos + middle.size // 2])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\n{whole},0\n{cut},1\n")
+    done = cli("check", str(manifest), "--clip-length", "4", "--probe-cache",
+               str(tmp_path / "cache"))
+    assert done.returncode == 1, done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if "cut.mp4" in line]
+    assert line.strip() == f"{cut}: truncated: the file ends inside its last frame; copy it again"

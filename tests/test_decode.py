@@ -157,7 +157,7 @@ def test_probe_many_in_processes_matches_probe(tmp_path: Path, video_dir: Path) 
     for path, result in zip(paths[:-2], results[:-2], strict=True):
         assert not isinstance(result, str), result
         assert result.frame_pts.tolist() == probe(path).frame_pts.tolist()
-    assert "bad.mp4" in results[-2]
+    assert results[-2].startswith("cannot read video (InvalidDataError")
     assert "No such file" in results[-1]
     assert len(list((tmp_path / "cache").iterdir())) == 32  # failures are not cached
 
