@@ -17,6 +17,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from vidring.daemon.commands import REGISTRY, Command, by_name
+from vidring.daemon.manifest import ManifestError
 from vidring.loader import paths, protocol
 from vidring.loader.client import Client, DaemonUnavailable, VidringError
 
@@ -48,8 +49,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings[key] = value
     try:
         config = cfg.build(settings)
+    except cfg.ConfigError as exc:
+        field = str(exc).split(":", 1)[0]
+        from_file = args.config and getattr(args, field, None) is None and field in settings
+        print(f"vidring serve: {f'config {args.config}: ' if from_file else ''}{exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
         return serve(config)
-    except (cfg.ConfigError, StartupError, RingError, ValueError, OSError) as exc:
+    except (StartupError, RingError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"vidring serve: {exc}", file=sys.stderr)
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except VidringError as exc:
+    except (VidringError, ManifestError) as exc:  # the data, not the command line
         print(f"vidring {args.command}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except ValueError as exc:

@@ -245,10 +245,12 @@ def build(settings: dict[str, Any]) -> ServeConfig:
     values = {k: v for k, v in settings.items() if v is not None}
     if "size" in values:
         values["height"], values["width"] = parse_size(values.pop("size"))
-    for required in ("manifest", "name", "batch_size", "clip_length", "height"):
-        if required not in values:
-            flag = "size" if required == "height" else required.replace("_", "-")
-            raise ConfigError(f"{flag}: required (flag --{flag} or the config file)")
+    missing = [f"--{'size' if key == 'height' else key.replace('_', '-')}"
+               for key in ("manifest", "name", "batch_size", "clip_length", "height")
+               if key not in values]
+    if missing:
+        raise ConfigError(f"required: {', '.join(missing)} (flags, or keys of the config "
+                          "file)")
     values["workers"] = (default_workers() if values.get("workers") is None
                          else workers_setting(values["workers"]))
     values["manifest"] = Path(values["manifest"]).expanduser()

@@ -48,6 +48,28 @@ def test_config_precedence_is_flag_then_file_then_default(daemons: Daemons, mani
         k: v for k, v in got.items() if k != "name"}
 
 
+def test_bad_settings_are_usage_errors_that_name_their_source(manifest: Path,
+                                                              tmp_path: Path) -> None:
+    conf = tmp_path / "p.toml"
+    conf.write_text('batch_size = "four"\n')
+    base = ["serve", "--name", f"never-{os.getpid()}", "--manifest", str(manifest),
+            "--clip-length", "4", "--size", "8x8"]
+    from_file = cli(*base, "--config", str(conf))
+    assert from_file.returncode == 2
+    assert f"config {conf}: batch_size: must be a positive integer" in from_file.stderr
+    from_flag = cli(*base, "--config", str(conf), "--batch-size", "0")
+    assert from_flag.returncode == 2
+    assert "vidring serve: batch_size: must be a positive integer, got 0" in from_flag.stderr
+    bare = cli("serve", "--clip-length", "4")
+    assert bare.returncode == 2
+    assert "required: --manifest, --name, --batch-size, --size" in bare.stderr
+    bad_manifest = tmp_path / "m.csv"
+    bad_manifest.write_text("path,label,colour\na.mp4,1,red\n")
+    checked = cli("check", str(bad_manifest))
+    assert checked.returncode == 1  # the data is wrong, not the command line
+    assert "unknown column 'colour'" in checked.stderr
+
+
 def test_relative_scaling_and_auto_workers(daemons: Daemons, manifest: Path) -> None:
     name = daemons.start(manifest, workers=1, slots=2)
     assert "workers 1 -> 3" in cli("scale", name, "+2").stdout
