@@ -241,10 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     top.set_defaults(func=cmd_top)
 
     demo = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    demo.add_argument("--epochs", type=int, default=4)
-    demo.add_argument("--videos", type=int, default=64, help="videos per class pair (default 64)")
-    demo.add_argument("--workers", type=int, default=None)
-    demo.add_argument("--folder", default=None, help="where to write the demo videos")
+    demo.add_argument("--epochs", type=int, default=4, help="epochs of model.fit (default 4)")
+    demo.add_argument("--videos", type=int, default=64,
+                      help="training videos, half of each class (default 64)")
+    demo.add_argument("--workers", type=int, default=None,
+                      help="decoder workers (default: one per core)")
+    demo.add_argument("--folder", default=None,
+                      help="write the demo videos here and keep them (default: a temporary "
+                           "folder, removed at the end)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

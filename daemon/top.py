@@ -82,6 +82,7 @@ def run(name: str | None, *, once: bool = False) -> int:
         return 1
     selected = name or (names[0] if names else "")
     console = Console(width=min(_WIDTH, Console().width))
+    once = once or not sys.stdout.isatty()  # a pipe or a file gets one frame, as `top -b -n 1`
     try:
         with _keys() as keys, Live(console=console, screen=not once, auto_refresh=False) as live:
             last_names = 0.0
@@ -89,7 +90,7 @@ def run(name: str | None, *, once: bool = False) -> int:
                 watch.receive()
                 live.update(render(watch.latest, names, selected), refresh=True)
                 if once and selected in watch.latest:
-                    return 0
+                    break
                 key = keys(_REFRESH_S)
                 if key in ("q", "Q", "\x03"):
                     return 0
@@ -100,6 +101,8 @@ def run(name: str | None, *, once: bool = False) -> int:
                     last_names = time.monotonic()
                     names = watch.refresh_names()
                     selected = selected if selected in names or not names else names[0]
+        console.print()  # the shell's prompt on a line of its own
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:

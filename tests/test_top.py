@@ -97,3 +97,13 @@ def test_top_of_a_pipeline_that_is_not_there() -> None:
                           timeout=30)
     assert done.returncode == 1
     assert "no running pipeline" in done.stderr
+
+
+def test_top_into_a_pipe_prints_one_frame_and_exits(daemons: Daemons, manifest: Path) -> None:
+    name = daemons.start(manifest, workers=1, slots=2)
+    done = subprocess.run([sys.executable, "-m", "vidring.daemon.cli", "top", name],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert name in done.stdout
+    assert "workers 1 / 1 wanted" in done.stdout
+    assert done.stdout.endswith("\n")  # the shell's prompt starts a line of its own
