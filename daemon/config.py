@@ -77,8 +77,8 @@ class ServeConfig:
         "decoder processes, or auto: one per core but one for the trainer (default: the "
         "cores)"))
     max_workers: int | None = field(default=None, metadata=_flag(
-        "the most workers --workers, vidring scale and --autoscale may run (default: 4 per "
-        "core)", type=int))
+        "the most workers `vidring scale` may ask for (default: 4 per core, or --workers or "
+        "the --autoscale maximum if more)", type=int))
     slots: int = field(default=4, metadata=_flag("batches the ring holds (default 4)", type=int))
     seed: int = field(default=0, metadata=_flag("seed of the epoch plan (default 0)", type=int))
     dtype: str = field(default="uint8", metadata=_flag("element type of x (default uint8)",
@@ -169,6 +169,10 @@ class ServeConfig:
                 or not 1 <= self.max_workers <= MAX_WORKERS):
             raise ConfigError(f"max_workers: must be 1..{MAX_WORKERS}, got "
                               f"{self.max_workers!r}")
+        if self.max_workers is not None and isinstance(self.workers, int) and (
+                self.workers > self.max_workers):
+            raise ConfigError(f"max_workers: {self.max_workers} is below workers "
+                              f"{self.workers}")
         if self.slots < 2:
             raise ConfigError("slots: need at least 2 (one leased, one filling)")
         if self.dtype not in DTYPES:
@@ -189,7 +193,10 @@ class ServeConfig:
         try:
             self.augment()
             if self.autoscale is not None:
-                parse_range(self.autoscale)
+                most = parse_range(self.autoscale)[1]
+                if self.max_workers is not None and most > self.max_workers:
+                    raise ConfigError(f"max_workers: {self.max_workers} is below the autoscale "
+                                      f"maximum {most}")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         for name in ("mean", "std"):
@@ -253,6 +260,13 @@ def build(settings: dict[str, Any]) -> ServeConfig:
                           "file)")
     values["workers"] = (default_workers() if values.get("workers") is None
                          else workers_setting(values["workers"]))
+    if values.get("max_workers") is None:
+        # Never below what was asked for explicitly: the default only guards `scale`.
+        try:
+            most = parse_range(values["autoscale"])[1] if values.get("autoscale") else 0
+        except ValueError:
+            most = 0  # reported by ServeConfig
+        values["max_workers"] = max(default_max_workers(), values["workers"], most)
     values["manifest"] = Path(values["manifest"]).expanduser()
     for name in ("mean", "std"):
         if name in values:

@@ -18,14 +18,16 @@ States, each transition written where it happens:
     STARTING -> STOPPING   scaled down, or not ready within START_TIMEOUT_S (killed: a
                            failed start when reaped)
     * -> EXITED            its process is gone; a worker still wanted goes on:
-    EXITED -> STARTING     at once, after a crash of a worker that ran a while
+    EXITED -> STARTING     at once, after a crash of a worker that ran a while, and for
+                           a new worker; at most STARTS_PER_TICK starts a tick, the rest
+                           wait EXITED for the next ticks
     EXITED -> BACKOFF      a failed start (it could not be spawned or was never ready),
                            or a crash within CRASH_WINDOW_S of its start: started again
                            after a delay (only failed starts count towards FATAL)
     BACKOFF -> STARTING    the delay passed
     EXITED -> FATAL        MAX_FAILED_STARTS failed starts in a row: given up on
     FATAL -> BACKOFF       set_target() (an operator's `vidring scale` is the retry)
-    BACKOFF/FATAL -> EXITED  scaled down
+    BACKOFF/FATAL/EXITED -> gone  scaled down
 
 Scaling only changes the target; reconcile(), called every tick of the
 daemon's loop, starts and stops processes.  See NOTE [ shutdown ] in server.py.
@@ -65,7 +67,8 @@ MAX_FAILED_STARTS = 5
 # Processes started per tick: each start is a fork and exec that holds up the loop, so a
 # scale to hundreds must not leave the daemon deaf to commands and SIGTERM for seconds.
 STARTS_PER_TICK = 4
-_IN_FLIGHT = frozenset({WorkerState.BUSY, WorkerState.STARTING, WorkerState.STOPPING})
+_IN_FLIGHT = frozenset({WorkerState.BUSY, WorkerState.STARTING, WorkerState.STOPPING,
+                        WorkerState.EXITED})
 # Messages handled per socket per turn of the loop, so a flood on one cannot starve the other.
 DRAIN_LIMIT = 1000
 
@@ -85,6 +88,7 @@ class WorkerPool:
         self._next_id = 0
         self.restarts = 0
         self.recycled = 0  # workers retired after --worker-max-clips and replaced
+        self._starts_left = STARTS_PER_TICK
         self.last_error = ""
 
     # -- queries ------------------------------------------------------------------
@@ -100,8 +104,8 @@ class WorkerPool:
         return [w for w in self._workers.values() if w.state == WorkerState.IDLE]
 
     def in_flight(self) -> bool:
-        """Whether any worker decodes, starts or stops, or is yet to be started (the loop
-        then ticks fast)."""
+        """Whether any worker decodes, starts, stops or waits to start, or one is yet to be
+        made (the loop then ticks fast)."""
         return (any(w.state in _IN_FLIGHT for w in self._workers.values())
                 or len(self._counted()) < self._target)
 
@@ -227,11 +231,11 @@ class WorkerPool:
     def reconcile(self) -> list[Finished]:
         """Reap, restart, scale and escalate stops; returns the tasks of workers lost."""
         now = self._clock()
+        self._starts_left = STARTS_PER_TICK
         lost = self._reap(now) + self._kill_stalled(now)
         self._check_idle(now)
         counted = self._counted()
-        starts = max(0, min(self._target - len(counted), STARTS_PER_TICK))
-        for _ in range(starts):
+        for _ in range(max(0, min(self._target - len(counted), self._starts_left))):
             worker = Worker(self._next_id)
             self._next_id += 1
             self._workers[worker.worker_id] = worker
@@ -239,18 +243,18 @@ class WorkerPool:
         if len(counted) > self._target:
             # What costs least first: nothing running, then starting, idle, and busy last;
             # the newest first within each.
-            order = (WorkerState.STOPPING, WorkerState.FATAL, WorkerState.BACKOFF,
-                     WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY)
+            order = (WorkerState.STOPPING, WorkerState.EXITED, WorkerState.FATAL,
+                     WorkerState.BACKOFF, WorkerState.STARTING, WorkerState.IDLE,
+                     WorkerState.BUSY)
             surplus = sorted(counted, key=lambda w: (order.index(w.state), -w.worker_id))
             for worker in surplus[: len(counted) - self._target]:
                 self._begin_stop(worker, now)
         for worker in list(self._workers.values()):
             if now < worker.deadline:
                 continue
-            if worker.state == WorkerState.BACKOFF:
-                if starts < STARTS_PER_TICK:
-                    starts += 1
-                    self._start(worker, now)  # BACKOFF -> STARTING
+            if worker.state in (WorkerState.BACKOFF, WorkerState.EXITED):
+                if self._starts_left:
+                    self._start(worker, now)  # BACKOFF/EXITED -> STARTING
             elif worker.state == WorkerState.STARTING:
                 log.warning("decoder worker %d not ready after %g s: killing it",
                             worker.worker_id, START_TIMEOUT_S)
@@ -268,6 +272,10 @@ class WorkerPool:
                 if w.state != WorkerState.STOPPING or w.respawn]
 
     def _start(self, worker: Worker, now: float) -> None:
+        if not self._starts_left:
+            worker.state, worker.deadline = WorkerState.EXITED, now  # a later tick starts it
+            return
+        self._starts_left -= 1
         worker.generation += 1
         worker.respawn = worker.start_failed = False
         try:
@@ -300,8 +308,8 @@ class WorkerPool:
     def _begin_stop(self, worker: Worker, now: float) -> None:
         if worker.state == WorkerState.STOPPING:
             worker.respawn = False  # being killed already: just not replaced
-        elif worker.state in (WorkerState.BACKOFF, WorkerState.FATAL):
-            worker.state = WorkerState.EXITED  # BACKOFF/FATAL -> EXITED: nothing runs
+        elif worker.state in (WorkerState.BACKOFF, WorkerState.FATAL, WorkerState.EXITED):
+            worker.state = WorkerState.EXITED  # nothing runs: gone
             del self._workers[worker.worker_id]
         elif worker.state == WorkerState.IDLE:
             self._send_stop(worker, now)  # IDLE -> STOPPING

@@ -9,8 +9,10 @@ import tomllib
 import urllib.request
 from typing import TYPE_CHECKING
 
+import pytest
+
 from tests.support import Daemons, cli, status, wait_until
-from vidring.daemon.config import default_workers
+from vidring.daemon.config import build, default_max_workers, default_workers
 from vidring.loader import ClipDataset
 
 if TYPE_CHECKING:
@@ -128,3 +130,16 @@ def test_prometheus_metrics_from_a_real_daemon(daemons: Daemons, manifest: Path,
     assert "vidring_queue_depth" in metrics
     assert "vidring_spills_total" in metrics
     assert "vidring_worker_restarts_total" in metrics
+
+
+def test_max_workers_is_never_below_what_was_asked_for(manifest: Path) -> None:
+    base = {"manifest": str(manifest), "name": "x", "batch_size": 2, "clip_length": 4,
+            "size": "8x8"}
+    assert build(base | {"workers": 1}).max_workers == default_max_workers()
+    many = default_max_workers() + 3
+    assert build(base | {"workers": many}).max_workers == many
+    assert build(base | {"workers": 1, "autoscale": f"1:{many}"}).max_workers == many
+    with pytest.raises(ValueError, match="max_workers: 2 is below workers 3"):
+        build(base | {"workers": 3, "max_workers": 2})
+    with pytest.raises(ValueError, match="max_workers: 2 is below the autoscale maximum 4"):
+        build(base | {"workers": 1, "max_workers": 2, "autoscale": "1:4"})

@@ -163,6 +163,38 @@ def test_restarts_after_back_off_share_the_starts_of_a_tick() -> None:
     assert len(h.procs) == 20
 
 
+def test_restarts_after_a_long_run_share_the_starts_of_a_tick() -> None:
+    """Workers killed together (the OOM killer) come back a few per tick, not all at once."""
+    h = Harness(10)
+    while len(h.procs) < 10:
+        h.tick()
+    h.ready_all()
+    h.tick(pool_mod.CRASH_WINDOW_S + 1)
+    for proc in h.procs:
+        proc.returncode = -9
+    started = []
+    while len(h.procs) < 20:
+        assert h.pool.in_flight()
+        before = len(h.procs)
+        h.tick()
+        started.append(len(h.procs) - before)
+    assert started == [4, 4, 2]
+    assert h.pool.counts().starting == 10
+    assert h.pool.restarts == 10
+
+
+def test_scaling_down_while_workers_wait_to_start_starts_no_more() -> None:
+    h = Harness(0)
+    h.pool.set_target(30)
+    h.tick()
+    assert len(h.procs) == pool_mod.STARTS_PER_TICK
+    h.pool.set_target(2)
+    h.tick()
+    h.tick()
+    assert len(h.procs) == pool_mod.STARTS_PER_TICK  # none started after the scale-down
+    assert h.pool.counts().starting == 2
+
+
 def test_the_target_is_capped_at_max_workers() -> None:
     h = Harness(12, max_workers=3)
     assert h.pool.target == 3
