@@ -1,10 +1,10 @@
 """The dataset: a CSV / JSONL manifest or a class-per-folder tree -> rows.
 
 CSV: ``path,label[,start,end[,weight]]`` per line, or any of those columns in
-any order under a header line naming them.  A first line that names any column
-is the header (an unknown name in it is an error); one that names none is data,
-and its path must look like a video (a known suffix, or a file that is there),
-so that a misspelt header is not read as a video.  JSONL: one object per line with
+any order under a header line naming them.  A first line is data when its first
+cell is a video path (a known suffix, or a file that is there), else it is the
+header, and an unknown name in it is an error: a misspelt header is never read
+as a video.  JSONL: one object per line with
 the same keys.  A relative path is relative to the manifest's folder.
 `start` and `end` (seconds from the video's first frame, either may be left
 out) bound the clips of that row to a segment of its video; `weight` (>= 0,
@@ -17,6 +17,7 @@ line and field: nothing is silently dropped.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 VIDEO_SUFFIXES = frozenset(
-    {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts"})
+    {".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
+     ".flv", ".wmv", ".asf", ".3gp", ".3g2", ".ogv", ".mxf", ".vob", ".f4v", ".y4m"})
 COLUMNS = ("path", "label", "start", "end", "weight")
 
 
@@ -85,13 +87,16 @@ def _from_csv(src: Path) -> Manifest:
             where = f"manifest {src}, line {lineno}"
             if not record or all(not cell.strip() for cell in record):
                 continue
-            if columns is None and not rows:
+            if columns is None and not rows and not _is_video(record[0], src.parent):
                 names = [c.strip().lower() for c in record]
-                if set(names) & set(COLUMNS):
-                    columns = _header(names, where)
-                    weighted = "weight" in columns
-                    continue
-                _check_first_path(record[0], src.parent, where)
+                if not set(names) & set(COLUMNS):
+                    raise ManifestError(
+                        f"{where}: {record[0].strip()!r} is neither a video file nor a column "
+                        f"name ({', '.join(COLUMNS)}); a manifest whose first video is "
+                        "missing needs a header line, such as 'path,label'")
+                columns = _header(names, where)
+                weighted = "weight" in columns
+                continue
             if columns is not None:
                 if len(record) != len(columns):
                     raise ManifestError(f"{where}: expected {len(columns)} fields "
@@ -108,19 +113,17 @@ def _from_csv(src: Path) -> Manifest:
     return Manifest(src, tuple(rows), weighted=weighted)
 
 
-def _check_first_path(cell: str, base: Path, where: str) -> None:
-    """A first line that names no column is data, so its path must look like a video:
-    else a misspelt header ('file,label') would become a missing video, and its label a
-    class of its own."""
+def _is_video(cell: str, base: Path) -> bool:
+    """Whether a first line's first cell is a video path (a known suffix, or a file that is
+    there): then the line is data, whatever its label.  Else it is the header, so that a
+    misspelt one ('file,label') is an error, not a missing video and a class 'label'."""
     path = Path(cell.strip()).expanduser()
-    if path.suffix.lower() not in VIDEO_SUFFIXES and not (base / path).exists():
-        raise ManifestError(f"{where}: {cell.strip()!r} is neither a video file nor a header "
-                            f"naming the columns ({', '.join(COLUMNS)})")
+    return path.suffix.lower() in VIDEO_SUFFIXES or (base / path).is_file()
 
 
 def _text(src: Path) -> str:
     """The manifest as text; bytes that are not UTF-8 are an error naming their line."""
-    data = src.read_bytes()
+    data = src.read_bytes().removeprefix(codecs.BOM_UTF8)  # as spreadsheets save CSV
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -26,6 +26,18 @@ def test_csv_without_header(tmp_path: Path) -> None:
     (tmp_path / "clip-0001").touch()  # a video without a suffix, known by being there
     csv.write_text("clip-0001,0\nb.mp4,1\n")
     assert [r.path.name for r in load_manifest(csv).rows] == ["clip-0001", "b.mp4"]
+    csv.write_text("a.mp4,start\nb.mp4,end\n")  # classes named like columns: still data
+    assert [r.label for r in load_manifest(csv).rows] == ["start", "end"]
+    (tmp_path / "videos").mkdir()  # a folder named like a misspelt header's first cell
+    csv.write_text("videos,class\na.mp4,1\n")
+    with pytest.raises(ManifestError, match="line 1: 'videos' is neither a video file"):
+        load_manifest(csv)
+
+
+def test_csv_saved_with_a_byte_order_mark(tmp_path: Path) -> None:
+    csv = tmp_path / "m.csv"
+    csv.write_bytes(b"\xef\xbb\xbfpath,label\na.mp4,3\n")
+    assert targets(load_manifest(csv)).y.tolist() == [3]
 
 
 @pytest.mark.parametrize(
@@ -39,7 +51,7 @@ def test_csv_without_header(tmp_path: Path) -> None:
         ("path,label,size\na.mp4,1,3\n", r"line 1: unknown column 'size'"),
         ("file,label\na.mp4,1\n", r"line 1: unknown column 'file'"),
         ("filename,class\na.mp4,1\n", r"line 1: 'filename' is neither a video file nor a "
-                                       r"header naming the columns \(path, label"),
+                                       r"column name \(path, label.*needs a header line"),
         ("path,label,weight\na.mp4,1,-2\n", r"line 2: field 'weight' must be a number >= 0"),
         ("path,label,weight\na.mp4,1,heavy\n", r"line 2: field 'weight' must be a number"),
         ("path,label\n", "no videos"),
