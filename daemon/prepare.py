@@ -56,7 +56,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.short_side < 16 or self.gop < 1 or not 0 <= self.crf <= 51:
-            raise ValueError(f"prepare: need --short-side >= 16, --gop >= 1, --crf 0..51, got "
+            raise ValueError(f"need --short-side >= 16, --gop >= 1, --crf 0..51, got "
                              f"{self.short_side}, {self.gop}, {self.crf}")
 
 
@@ -82,8 +82,7 @@ def encode_copy(src: str, dst: str, recipe: Recipe) -> tuple[str, float]:
         stream_in.codec_context.thread_count = 1
         up_h, up_w = _upright(stream_in.codec_context.height, stream_in.codec_context.width,
                               rotation)
-        scale = min(1.0, recipe.short_side / min(up_h, up_w))  # never larger than the source
-        height, width = _even(up_h * scale), _even(up_w * scale)
+        height, width = copy_size(up_h, up_w, recipe.short_side)
         stream = out.add_stream("libx264", rate=stream_in.average_rate or 30)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = stream_in.time_base
@@ -121,8 +120,12 @@ def _upright(height: int, width: int, rotation: int) -> tuple[int, int]:
     return (width, height) if rotation % 180 else (height, width)
 
 
-def _even(n: float) -> int:
-    return max(2, round(n / 2) * 2)
+def copy_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """The copy's (height, width): the short side at `short_side`, the aspect kept, never
+    larger than the source, each even (yuv420p), rounded down so as not to pass it."""
+    short = min(height, width)
+    side = min(short_side, short)
+    return max(2, height * side // short // 2 * 2), max(2, width * side // short // 2 * 2)
 
 
 def _ignore_interrupts() -> None:
@@ -182,19 +185,22 @@ def _claim(out: Path, recipe: Recipe) -> None:
     path = out / RECIPE_FILE
     wanted = dataclasses.asdict(recipe)
     if not path.exists():
+        if any(out.rglob("*.mp4")):
+            raise ValueError(f"{out} holds copies whose settings were not recorded (made "
+                             f"before {RECIPE_FILE}); use another --out")
         path.write_text(json.dumps(wanted) + "\n")
         return
     try:
         made = json.loads(path.read_text())
     except ValueError:
-        raise ValueError(f"prepare: {path} is not the JSON prepare writes; remove it if {out} "
-                         "holds no copies") from None
+        made = None
+    if not isinstance(made, dict):
+        raise ValueError(f"{path} is not the settings prepare writes; use another --out")
     if made != wanted:
-        flag = {"short_side": "--short-side", "gop": "--gop", "crf": "--crf"}
-        differ = [f"{flag[k]} {made.get(k)} (this run: {v})" for k, v in wanted.items()
-                  if made.get(k) != v]
-        raise ValueError(f"prepare: {out} holds copies made with {', '.join(differ)}; use "
-                         f"another --out, or the same settings to resume")
+        differ = [f"--{k.replace('_', '-')} {made.get(k)} (this run: {v})"
+                  for k, v in wanted.items() if made.get(k) != v]
+        raise ValueError(f"{out} holds copies made with {', '.join(differ)}; use another "
+                         "--out, or the same settings to resume")
 
 
 def _write_manifest(manifest: Manifest, out: Path, targets: list[Path]) -> Path:

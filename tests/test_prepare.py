@@ -10,9 +10,11 @@ import sys
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pytest
 
 from tests.support import cli, wait_until
 from vidring.daemon.manifest import load_manifest
+from vidring.daemon.prepare import RECIPE_FILE, copy_size, render
 from vidring.daemon.probe import probe
 from vidring.daemon.targets import targets
 
@@ -59,13 +61,30 @@ def test_prepare_writes_short_gop_copies_and_their_manifest(video_dir: Path,
     assert "4 already done" in again.stdout
     other = cli("prepare", str(manifest), "--out", str(out), "--short-side", "24", "--gop", "4")
     assert other.returncode == 2
-    assert f"{out} holds copies made with --short-side 32 (this run: 24)" in other.stderr
+    assert other.stderr.strip() == (f"vidring prepare: {out} holds copies made with "
+                                    "--short-side 32 (this run: 24); use another --out, or "
+                                    "the same settings to resume")
+    (out / RECIPE_FILE).unlink()  # as a folder made before the settings were recorded
+    unknown = cli("prepare", str(manifest), "--out", str(out), "--short-side", "32", "--gop",
+                  "4")
+    assert unknown.returncode == 2
+    assert "settings were not recorded" in unknown.stderr
     bigger = cli("prepare", str(manifest), "--out", str(tmp_path / "big"), "--short-side",
                  "4096", "--gop", "4", timeout_s=120)
     assert bigger.returncode == 0, bigger.stderr
     for before in old.rows:  # a copy is never larger than its source
         a, b = probe(before.path), probe(tmp_path / "big" / before.path.name)
         assert (b.width, b.height) == (a.width, a.height)
+
+
+@pytest.mark.parametrize(
+    ("source", "short_side", "copy"),
+    [((360, 640), 160, (160, 284)), ((51, 67), 4096, (50, 66)), ((640, 360), 128, (226, 128)),
+     ((48, 64), 32, (32, 42))],
+)
+def test_a_copy_keeps_the_aspect_is_even_and_never_larger(
+        source: tuple[int, int], short_side: int, copy: tuple[int, int]) -> None:
+    assert copy_size(*source, short_side) == copy
 
 
 def test_a_killed_prepare_resumes(video_dir: Path, tmp_path: Path) -> None:
@@ -94,3 +113,13 @@ def test_a_killed_prepare_resumes(video_dir: Path, tmp_path: Path) -> None:
     assert len(list(out.glob("*.mp4"))) == 6
     assert not list(out.glob("*.partial"))
     assert len(load_manifest(out / "manifest.csv").rows) == 6
+
+
+def test_the_report_says_slower_and_kib_where_they_apply() -> None:
+    report = {"encoded": 1, "seconds": 0.1, "skipped": 0, "failed": [], "manifest": "m.csv",
+              "rows_written": 1, "bytes_before": 5 * 1024, "bytes_after": 3 * 1024,
+              "decode_ms_per_clip_before": 1.0, "decode_ms_per_clip_after": 2.0,
+              "psnr_db": 40.0}
+    shown = render(report)
+    assert "disk          5.0 KiB -> 3.0 KiB" in shown
+    assert "1.0 -> 2.0 ms of CPU per 16-frame clip (2.0x slower)" in shown
