@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 _REFRESH_S = 0.5
+# One frame (--once, a pipe) waits this long for a daemon to publish (it does every second).
+_ONCE_WAIT_S = 10.0
 _SPARK = " ▁▂▃▄▅▆▇█"
 _WIDTH = 80
 
@@ -83,6 +85,11 @@ def run(name: str | None, *, once: bool = False) -> int:
     selected = name or (names[0] if names else "")
     console = Console(width=min(_WIDTH, Console().width))
     once = once or not sys.stdout.isatty()  # a pipe or a file gets one frame, as `top -b -n 1`
+    if once and not names:
+        print("vidring top: no pipelines running", file=sys.stderr)
+        watch.close()
+        return 1
+    give_up = time.monotonic() + _ONCE_WAIT_S
     try:
         with _keys() as keys, Live(console=console, screen=not once, auto_refresh=False) as live:
             last_names = 0.0
@@ -91,6 +98,10 @@ def run(name: str | None, *, once: bool = False) -> int:
                 live.update(render(watch.latest, names, selected), refresh=True)
                 if once and selected in watch.latest:
                     break
+                if once and time.monotonic() > give_up:
+                    print(f"vidring top: no statistics from {selected!r} within "
+                          f"{_ONCE_WAIT_S:g} s", file=sys.stderr)
+                    return 1
                 key = keys(_REFRESH_S)
                 if key in ("q", "Q", "\x03"):
                     return 0
@@ -101,7 +112,8 @@ def run(name: str | None, *, once: bool = False) -> int:
                     last_names = time.monotonic()
                     names = watch.refresh_names()
                     selected = selected if selected in names or not names else names[0]
-        console.print()  # the shell's prompt on a line of its own
+        if not console.is_terminal:  # Live ends a terminal's last line itself
+            console.print()
         return 0
     except KeyboardInterrupt:
         return 0

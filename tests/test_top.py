@@ -107,3 +107,13 @@ def test_top_into_a_pipe_prints_one_frame_and_exits(daemons: Daemons, manifest: 
     assert name in done.stdout
     assert "workers 1 / 1 wanted" in done.stdout
     assert done.stdout.endswith("\n")  # the shell's prompt starts a line of its own
+
+
+def test_top_into_a_pipe_with_no_pipeline_says_so() -> None:
+    """From cron or a script: never a wait without end."""
+    env = {**os.environ, "VIDRING_RUNTIME_DIR": f"/tmp/vidring-top-none-{os.getpid()}"}
+    done = subprocess.run([sys.executable, "-m", "vidring.daemon.cli", "top"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode == 1
+    assert "no pipelines running" in done.stderr
