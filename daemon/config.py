@@ -235,16 +235,39 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config {path}: {exc}") from None
-    known = {f.name for f in SETTINGS} | {"size"}
-    for key in data:
-        if key not in known:
+    known = {f.name: f for f in SETTINGS}
+    for key, value in data.items():
+        if key != "size" and key not in known:
             raise ConfigError(f"config {path}: unknown setting {key!r}")
+        expected = _toml_kind(known[key] if key != "size" else None, value)
+        if expected:
+            raise ConfigError(f"config {path}: {key}: expected {expected}, got {value!r}")
     # A unit may start anywhere: a relative path in the file is relative to the file.
     for key in ("manifest", "probe_cache"):
         if isinstance(data.get(key), str):
             value = Path(data[key]).expanduser()
             data[key] = str(value if value.is_absolute() else Path(path).parent / value)
     return data
+
+
+def _toml_kind(setting: Any, value: Any) -> str:
+    """What a TOML value of `setting` should have been, or "" if it is of the right kind
+    (its range is ServeConfig's to check, as for a flag)."""
+    meta = {} if setting is None else setting.metadata
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if setting is not None and setting.name == "workers":
+        ok, kind = value == "auto" or (number and isinstance(value, int)), 'a number or "auto"'
+    elif setting is not None and setting.name in ("mean", "std"):
+        ok, kind = isinstance(value, list | str), 'three numbers, [R, G, B] or "R,G,B"'
+    elif meta.get("action") == "store_true":
+        ok, kind = isinstance(value, bool), "true or false"
+    elif meta.get("type") is int:
+        ok, kind = number and isinstance(value, int), "a whole number"
+    elif meta.get("type") is float:
+        ok, kind = number, "a number"
+    else:
+        ok, kind = isinstance(value, str), "a string"
+    return "" if ok else kind
 
 
 def build(settings: dict[str, Any]) -> ServeConfig:

@@ -59,6 +59,11 @@ def test_bad_settings_are_usage_errors_that_name_their_source(manifest: Path,
     from_file = cli(*base, "--config", str(conf))
     assert from_file.returncode == 2
     assert f"config {conf}: batch_size: must be a positive integer" in from_file.stderr
+    conf.write_text('batch_size = 2\ntask_timeout_s = "10"\n')  # a number written as text
+    typed = cli(*base, "--config", str(conf))
+    assert typed.returncode == 2
+    assert f"config {conf}: task_timeout_s: expected a number, got '10'" in typed.stderr
+    conf.write_text('batch_size = "four"\n')
     from_flag = cli(*base, "--config", str(conf), "--batch-size", "0")
     assert from_flag.returncode == 2
     assert "vidring serve: batch_size: must be a positive integer, got 0" in from_flag.stderr
