@@ -53,7 +53,7 @@ def test_config_precedence_is_flag_then_file_then_default(daemons: Daemons, mani
 def test_bad_settings_are_usage_errors_that_name_their_source(manifest: Path,
                                                               tmp_path: Path) -> None:
     conf = tmp_path / "p.toml"
-    conf.write_text('batch_size = "four"\n')
+    conf.write_text("batch_size = 0\n")
     base = ["serve", "--name", f"never-{os.getpid()}", "--manifest", str(manifest),
             "--clip-length", "4", "--size", "8x8"]
     from_file = cli(*base, "--config", str(conf))
@@ -63,7 +63,7 @@ def test_bad_settings_are_usage_errors_that_name_their_source(manifest: Path,
     typed = cli(*base, "--config", str(conf))
     assert typed.returncode == 2
     assert f"config {conf}: task_timeout_s: expected a number, got '10'" in typed.stderr
-    conf.write_text('batch_size = "four"\n')
+    conf.write_text("batch_size = 3\n")
     from_flag = cli(*base, "--config", str(conf), "--batch-size", "0")
     assert from_flag.returncode == 2
     assert "vidring serve: batch_size: must be a positive integer, got 0" in from_flag.stderr
