@@ -91,7 +91,7 @@ def test_relative_scaling_and_auto_workers(daemons: Daemons, manifest: Path) -> 
     assert status(auto).workers.target == max(1, default_workers() - 1)
 
 
-def test_a_scale_past_max_workers_is_capped_and_the_daemon_answers(
+def test_a_scale_past_max_workers_is_capped_and_says_so(
         daemons: Daemons, manifest: Path) -> None:
     name = daemons.start(manifest, workers=1, slots=2, extra=["--max-workers", "3"])
     capped = cli("scale", name, "1000")
