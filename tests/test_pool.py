@@ -135,17 +135,24 @@ def test_a_large_scale_starts_a_few_workers_per_tick() -> None:
     """Each start holds up the loop: a scale to hundreds must leave it answering."""
     h = Harness(0)
     h.pool.set_target(30)
-    started = []
-    while len(h.procs) < 30:
-        assert h.pool.in_flight()  # the loop keeps ticking fast until all are started
-        before = len(h.procs)
-        h.tick()
-        started.append(len(h.procs) - before)
+    started = _starts_per_tick(h, until=30)
     assert max(started) == pool_mod.STARTS_PER_TICK
     assert sum(started) == 30
     assert h.pool.counts().starting == 30
     h.tick()
     assert len(h.procs) == 30
+
+
+def _starts_per_tick(h: Harness, *, until: int) -> list[int]:
+    """Processes started by each tick until `until` have been; the loop ticks fast
+    (in_flight) all the while."""
+    started = []
+    while len(h.procs) < until:
+        assert h.pool.in_flight()
+        before = len(h.procs)
+        h.tick()
+        started.append(len(h.procs) - before)
+    return started
 
 
 def test_restarts_after_back_off_share_the_starts_of_a_tick() -> None:
@@ -172,13 +179,7 @@ def test_restarts_after_a_long_run_share_the_starts_of_a_tick() -> None:
     h.tick(pool_mod.CRASH_WINDOW_S + 1)
     for proc in h.procs:
         proc.returncode = -9
-    started = []
-    while len(h.procs) < 20:
-        assert h.pool.in_flight()
-        before = len(h.procs)
-        h.tick()
-        started.append(len(h.procs) - before)
-    assert started == [4, 4, 2]
+    assert _starts_per_tick(h, until=20) == [4, 4, 2]
     assert h.pool.counts().starting == 10
     assert h.pool.restarts == 10
 
